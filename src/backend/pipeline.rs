@@ -1,0 +1,295 @@
+//! The responses a backend still owes for what the client sent, in order.
+//!
+//! The proxy sometimes answers a message itself (a `Parse` of a statement the backend already
+//! has, a `Close` of a statement it keeps cached) and sometimes sends a message the client
+//! never wrote (a re-`Parse` before a `Bind`). To keep the response stream in the order the
+//! client expects, every message that earns a response gets an [`Expect`] here; synthesized
+//! answers are released only when they reach the head of the queue, and answers to injected
+//! messages are swallowed. An `ErrorResponse` in the extended protocol discards everything up
+//! to the next `Sync`, exactly as PostgreSQL does.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+
+use crate::frontend::classify::Effect;
+use crate::protocol::message;
+
+/// One response the proxy is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// `ParseComplete`; `name` is the proxy name to forget if the parse fails.
+    Parse {
+        /// Proxy-unique statement name, if named.
+        name: Option<String>,
+        /// Injected by the proxy: swallow the response.
+        hidden: bool,
+    },
+    /// `BindComplete`.
+    Bind,
+    /// `RowDescription` or `NoData`.
+    Describe,
+    /// `CommandComplete`, `EmptyQueryResponse` or `PortalSuspended`.
+    Execute,
+    /// `CloseComplete`.
+    Close,
+    /// `ReadyForQuery` after a `Sync`.
+    Sync,
+    /// `ReadyForQuery` after a simple `Query` or `FunctionCall`; the effect is reported once
+    /// the statement's `CommandComplete` arrives.
+    Query(Effect),
+    /// The proxy answers `ParseComplete` itself.
+    FakeParseComplete,
+    /// The proxy answers `CloseComplete` itself.
+    FakeCloseComplete,
+}
+
+/// Something the session must act on after a backend message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A statement with a session effect completed successfully.
+    Completed(Effect),
+    /// A `Parse` under this proxy name failed: the backend does not have it.
+    ParseFailed(String),
+}
+
+/// The backend sent something that does not fit what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backend sent {tag:?} while the proxy expected {expected}")]
+pub struct Desync {
+    /// Tag received.
+    pub tag: char,
+    /// What was at the head of the queue.
+    pub expected: String,
+}
+
+/// Per-binding response tracking.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    queue: VecDeque<Expect>,
+    open_batch: bool,
+    /// Status byte of the last `ReadyForQuery`.
+    pub status: Option<u8>,
+}
+
+impl Pipeline {
+    /// Records a message sent (or answered by the proxy).
+    pub fn push(&mut self, expect: Expect, out: &mut BytesMut) {
+        match expect {
+            Expect::Sync | Expect::Query(_) => self.open_batch = false,
+            _ => self.open_batch = true,
+        }
+        self.queue.push_back(expect);
+        self.release_fakes(out);
+    }
+
+    /// Marks an extended-protocol message that earns no response (`Flush`, COPY data).
+    pub fn touch_batch(&mut self) {
+        self.open_batch = true;
+    }
+
+    /// True when the backend owes nothing and no extended batch is open.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && !self.open_batch
+    }
+
+    /// Handles one backend frame. Returns whether to forward it to the client; synthesized
+    /// answers that become due are appended to `out` after it.
+    pub fn on_backend(&mut self, frame: &[u8], events: &mut Vec<Event>) -> Result<bool, Desync> {
+        let tag = frame.first().copied().unwrap_or(0);
+        match tag {
+            b'1' => self.complete_parse(tag, events),
+            b'2' => self.pop_if(tag, |e| *e == Expect::Bind),
+            b'3' => self.pop_if(tag, |e| *e == Expect::Close),
+            b'n' => self.pop_if(tag, |e| *e == Expect::Describe),
+            b'T' => self.row_description(),
+            b's' => self.pop_if(tag, |e| *e == Expect::Execute),
+            b'C' | b'I' => self.command_complete(tag, events),
+            b'Z' => self.ready(frame),
+            b'E' => {
+                self.error(events);
+                Ok(true)
+            }
+            b't' | b'D' | b'G' | b'H' | b'W' | b'd' | b'c' | b'N' | b'A' | b'S' | b'V' => Ok(true),
+            _ => Err(self.desync(tag)),
+        }
+    }
+
+    /// Appends every synthesized answer now at the head of the queue.
+    pub fn release_fakes(&mut self, out: &mut BytesMut) {
+        loop {
+            match self.queue.front() {
+                Some(Expect::FakeParseComplete) => message::put_parse_complete(out),
+                Some(Expect::FakeCloseComplete) => message::put_close_complete(out),
+                _ => return,
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    fn desync(&self, tag: u8) -> Desync {
+        Desync {
+            tag: tag as char,
+            expected: format!("{:?}", self.queue.front()),
+        }
+    }
+
+    fn pop_if(&mut self, tag: u8, matches: impl Fn(&Expect) -> bool) -> Result<bool, Desync> {
+        if !self.queue.front().is_some_and(matches) {
+            return Err(self.desync(tag));
+        }
+        self.queue.pop_front();
+        Ok(true)
+    }
+
+    fn complete_parse(&mut self, tag: u8, _events: &mut [Event]) -> Result<bool, Desync> {
+        match self.queue.front() {
+            Some(Expect::Parse { hidden, .. }) => {
+                let forward = !*hidden;
+                self.queue.pop_front();
+                Ok(forward)
+            }
+            _ => Err(self.desync(tag)),
+        }
+    }
+
+    /// `RowDescription` ends a `Describe`, or starts the rows of an `Execute` or `Query`.
+    fn row_description(&mut self) -> Result<bool, Desync> {
+        match self.queue.front() {
+            Some(Expect::Describe) => {
+                self.queue.pop_front();
+                Ok(true)
+            }
+            Some(Expect::Execute | Expect::Query(_)) => Ok(true),
+            _ => Err(self.desync(b'T')),
+        }
+    }
+
+    fn command_complete(&mut self, tag: u8, events: &mut Vec<Event>) -> Result<bool, Desync> {
+        match self.queue.front_mut() {
+            Some(Expect::Execute) => {
+                self.queue.pop_front();
+                Ok(true)
+            }
+            Some(Expect::Query(effect)) => {
+                let effect = std::mem::replace(effect, Effect::None);
+                if effect != Effect::None {
+                    events.push(Event::Completed(effect));
+                }
+                Ok(true)
+            }
+            _ => Err(self.desync(tag)),
+        }
+    }
+
+    fn ready(&mut self, frame: &[u8]) -> Result<bool, Desync> {
+        let status = message::ready_status(frame).map_err(|_| self.desync(b'Z'))?;
+        match self.queue.front() {
+            Some(Expect::Sync | Expect::Query(_)) => {
+                self.queue.pop_front();
+                self.status = Some(status);
+                Ok(true)
+            }
+            _ => Err(self.desync(b'Z')),
+        }
+    }
+
+    /// After an error PostgreSQL skips to the next `Sync`; so does the queue.
+    fn error(&mut self, events: &mut Vec<Event>) {
+        if matches!(self.queue.front(), Some(Expect::Query(_))) {
+            if let Some(Expect::Query(effect)) = self.queue.front_mut() {
+                *effect = Effect::None;
+            }
+            return;
+        }
+
+        while let Some(head) = self.queue.front() {
+            if *head == Expect::Sync {
+                break;
+            }
+            if let Some(Expect::Parse {
+                name: Some(name), ..
+            }) = self.queue.pop_front()
+            {
+                events.push(Event::ParseFailed(name));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn fake_parse_complete_waits_for_earlier_responses() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut ev = Vec::new();
+
+        p.push(Expect::Bind, &mut out);
+        p.push(Expect::FakeParseComplete, &mut out);
+        assert!(out.is_empty(), "fake must wait behind the Bind");
+
+        assert_eq!(p.on_backend(&frame(b'2', b""), &mut ev), Ok(true));
+        p.release_fakes(&mut out);
+        assert_eq!(&out[..], b"1\0\0\0\x04");
+    }
+
+    #[test]
+    fn hidden_parse_response_is_swallowed() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let hidden = Expect::Parse {
+            name: Some("pgt_1".into()),
+            hidden: true,
+        };
+        p.push(hidden, &mut out);
+        assert_eq!(p.on_backend(&frame(b'1', b""), &mut Vec::new()), Ok(false));
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_reports_failed_parse() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut ev = Vec::new();
+        let parse = Expect::Parse {
+            name: Some("pgt_1".into()),
+            hidden: false,
+        };
+        for e in [parse, Expect::Bind, Expect::Execute, Expect::Sync] {
+            p.push(e, &mut out);
+        }
+
+        assert_eq!(p.on_backend(&frame(b'E', b"\0"), &mut ev), Ok(true));
+        assert_eq!(ev, vec![Event::ParseFailed("pgt_1".into())]);
+        assert!(!p.is_idle());
+        assert_eq!(p.on_backend(&frame(b'Z', b"I"), &mut ev), Ok(true));
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn query_effect_reported_on_command_complete() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut ev = Vec::new();
+        p.push(Expect::Query(Effect::DiscardAll), &mut out);
+
+        p.on_backend(&frame(b'C', b"DISCARD ALL\0"), &mut ev)
+            .expect("fits");
+        assert_eq!(ev, vec![Event::Completed(Effect::DiscardAll)]);
+    }
+
+    #[test]
+    fn unexpected_message_is_a_desync() {
+        let mut p = Pipeline::default();
+        assert!(p.on_backend(&frame(b'2', b""), &mut Vec::new()).is_err());
+    }
+}

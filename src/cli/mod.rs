@@ -1,0 +1,86 @@
+//! The command line: one file per subcommand. Commands print for people on stdout and log
+//! through `tracing` on stderr; failures are one line naming the offending value.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the CLI talks to a terminal"
+)]
+
+pub mod check;
+pub mod dev;
+pub mod passwd;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// pgtenant: a PostgreSQL proxy for schema-per-tenant products.
+#[derive(Debug, Parser)]
+#[command(name = "pgtenant", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy with a configuration file.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, env = "PGTENANT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with demo tenants and the proxy in front of it.
+    Dev(dev::DevArgs),
+    /// Validate a configuration file and exit.
+    Check {
+        /// Configuration file.
+        #[arg(long, short, env = "PGTENANT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Read a password on stdin and print its SCRAM-SHA-256 verifier.
+    Passwd,
+}
+
+/// Entry point for the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+
+    let result = match cli.command {
+        Command::Serve { config } => serve::run(&config),
+        Command::Dev(args) => dev::run(args),
+        Command::Check { config } => check::run(&config),
+        Command::Passwd => passwd::run(),
+    };
+
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("pgtenant: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A multi-threaded runtime for commands that need one.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}

@@ -1,0 +1,306 @@
+//! Configuration: the file format (`file`) and the validated runtime values built from it.
+//!
+//! Loading is parse → validate → build. A reload runs the same steps and the caller swaps the
+//! result in atomically, so a bad file never replaces a good configuration. Errors name the
+//! offending key and value in one line.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use file::{PoolMode, TenantSource, TlsMode};
+
+use crate::frontend::scram::Verifier;
+use file::{ConfigFile, TenantSection};
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's one-line message.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted key path, such as `tenants[1].schema`.
+        key: String,
+        /// What is wrong, quoting the value.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Validated, ready-to-use configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client side.
+    pub proxy: ProxySettings,
+    /// Server side.
+    pub backend: BackendSettings,
+    /// Tenants by name.
+    pub tenants: HashMap<String, Arc<Tenant>>,
+}
+
+/// Validated `[proxy]`.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Listen address (`host:port`).
+    pub listen: String,
+    /// TLS policy.
+    pub tls: TlsMode,
+    /// Certificate and key paths when TLS is on.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Tenant naming order.
+    pub tenant_from: Vec<TenantSource>,
+    /// Login deadline.
+    pub login_timeout: Duration,
+    /// Queue deadline for a backend.
+    pub query_wait_timeout: Duration,
+    /// Drain deadline on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Prometheus endpoint.
+    pub metrics_listen: Option<String>,
+}
+
+/// Validated `[backend]`.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database name.
+    pub database: String,
+    /// Connect + login deadline.
+    pub connect_timeout: Duration,
+    /// Idle connection lifetime.
+    pub idle_timeout: Duration,
+}
+
+/// One tenant, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    /// Name clients use.
+    pub name: String,
+    /// Schema pinned as `search_path`.
+    pub schema: String,
+    /// Backend login role.
+    pub role: String,
+    /// Backend login password, if PostgreSQL asks for one.
+    pub role_password: Option<String>,
+    /// Pooling mode.
+    pub pool_mode: PoolMode,
+    /// Maximum backend connections.
+    pub pool_size: usize,
+    /// Client logins: user name → SCRAM verifier.
+    pub users: HashMap<String, Verifier>,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_parsed(file, base)
+    }
+
+    /// Validates an already parsed file; relative paths resolve against `base`.
+    pub fn from_parsed(file: ConfigFile, base: &Path) -> Result<Self, ConfigError> {
+        let proxy = validate_proxy(&file.proxy, base)?;
+        let backend = validate_backend(&file.backend)?;
+
+        let mut tenants = HashMap::new();
+        for (i, section) in file.tenants.iter().enumerate() {
+            let tenant = validate_tenant(i, section, file.backend.pool_size)?;
+            if tenants.contains_key(&tenant.name) {
+                let msg = format!("tenant {:?} is defined twice", tenant.name);
+                return Err(invalid(format!("tenants[{i}].name"), msg));
+            }
+            tenants.insert(tenant.name.clone(), Arc::new(tenant));
+        }
+
+        Ok(Self {
+            proxy,
+            backend,
+            tenants,
+        })
+    }
+}
+
+/// TOML errors span several lines with a caret diagram; keep the first meaningful line.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
+        .collect();
+    parts.join(" ")
+}
+
+fn validate_proxy(p: &file::ProxySection, base: &Path) -> Result<ProxySettings, ConfigError> {
+    if p.listen.parse::<std::net::SocketAddr>().is_err() {
+        let msg = format!("{:?} is not an address such as 127.0.0.1:6432", p.listen);
+        return Err(invalid("proxy.listen", msg));
+    }
+
+    if p.tenant_from.is_empty() {
+        return Err(invalid("proxy.tenant_from", "needs at least one source"));
+    }
+
+    let tls_files = match (&p.tls_cert, &p.tls_key, p.tls) {
+        (_, _, TlsMode::Disabled) => None,
+        (Some(cert), Some(key), _) => Some((base.join(cert), base.join(key))),
+        _ => {
+            let msg = "tls is enabled but tls_cert and tls_key are not both set";
+            return Err(invalid("proxy.tls_cert", msg));
+        }
+    };
+
+    if let Some(addr) = &p.metrics_listen
+        && addr.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(invalid(
+            "proxy.metrics_listen",
+            format!("{addr:?} is not an address"),
+        ));
+    }
+
+    Ok(ProxySettings {
+        listen: p.listen.clone(),
+        tls: p.tls,
+        tls_files,
+        tenant_from: p.tenant_from.clone(),
+        login_timeout: p.login_timeout,
+        query_wait_timeout: p.query_wait_timeout,
+        shutdown_timeout: p.shutdown_timeout,
+        metrics_listen: p.metrics_listen.clone(),
+    })
+}
+
+fn validate_backend(b: &file::BackendSection) -> Result<BackendSettings, ConfigError> {
+    if b.pool_size == 0 {
+        return Err(invalid("backend.pool_size", "must be at least 1, got 0"));
+    }
+
+    if b.database.is_empty() {
+        return Err(invalid("backend.database", "must not be empty"));
+    }
+
+    Ok(BackendSettings {
+        host: b.host.clone(),
+        port: b.port,
+        database: b.database.clone(),
+        connect_timeout: b.connect_timeout,
+        idle_timeout: b.idle_timeout,
+    })
+}
+
+fn validate_tenant(
+    i: usize,
+    t: &TenantSection,
+    default_pool: usize,
+) -> Result<Tenant, ConfigError> {
+    let key = |field: &str| format!("tenants[{i}].{field}");
+
+    check_identifier(&t.name).map_err(|m| invalid(key("name"), m))?;
+    let schema = t.schema.clone().unwrap_or_else(|| t.name.clone());
+    check_identifier(&schema).map_err(|m| invalid(key("schema"), m))?;
+    let role = t.role.clone().unwrap_or_else(|| t.name.clone());
+    check_identifier(&role).map_err(|m| invalid(key("role"), m))?;
+
+    let pool_size = t.pool_size.unwrap_or(default_pool);
+    if pool_size == 0 {
+        return Err(invalid(key("pool_size"), "must be at least 1, got 0"));
+    }
+
+    let mut users = HashMap::new();
+    for (j, u) in t.users.iter().enumerate() {
+        let verifier = Verifier::parse(&u.verifier)
+            .map_err(|m| invalid(format!("tenants[{i}].users[{j}].verifier"), m))?;
+        users.insert(u.name.clone(), verifier);
+    }
+
+    Ok(Tenant {
+        name: t.name.clone(),
+        schema,
+        role,
+        role_password: t.role_password.clone(),
+        pool_mode: t.pool_mode,
+        pool_size,
+        users,
+    })
+}
+
+/// Tenant, schema and role names are plain lowercase identifiers, so they never need quoting
+/// in SQL or in the backend `options` string.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+
+    if !first_ok || !rest_ok {
+        return Err(format!(
+            "{name:?} is not a lowercase identifier (a-z, 0-9, _; not starting with a digit)"
+        ));
+    }
+
+    if name.len() > 63 {
+        return Err(format!("{name:?} is longer than 63 bytes"));
+    }
+
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_must_be_plain_lowercase() {
+        assert!(check_identifier("acme_2").is_ok());
+        assert!(check_identifier("Acme").is_err());
+        assert!(check_identifier("2acme").is_err());
+        assert!(check_identifier("a;drop").is_err());
+        assert!(check_identifier("").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = toml::from_str::<ConfigFile>("[proxy]\nlisten_addr = \"x\"\n")
+            .expect_err("unknown key must fail");
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+}

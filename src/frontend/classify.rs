@@ -1,0 +1,389 @@
+//! Reads SQL text just far enough to know whether a statement changes session state that
+//! would outlive the transaction on a pooled backend, and what to do about it.
+//!
+//! The lexer understands quotes, `E''` strings, dollar quotes and both comment styles, so a
+//! keyword inside a string never triggers anything. It errs on the safe side: anything it
+//! cannot place precisely pins the client to its backend.
+
+use crate::backend::conn::ItemKind;
+
+/// What a statement does to session state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing that outlives the transaction, or only reported parameters, which the proxy
+    /// tracks through `ParameterStatus`.
+    None,
+    /// State the proxy cannot carry between backends: keep this backend for the session.
+    Pin(&'static str),
+    /// Once it succeeds, remember `sql` to recreate the item on other backends.
+    SetItem {
+        /// Setting or prepared statement.
+        kind: ItemKind,
+        /// Lower-case name.
+        name: String,
+        /// The statement, replayed as is.
+        sql: String,
+    },
+    /// Once it succeeds, forget the item.
+    ResetItem {
+        /// Setting or prepared statement.
+        kind: ItemKind,
+        /// Lower-case name.
+        name: String,
+    },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DEALLOCATE ALL`.
+    DeallocateAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+}
+
+/// Parameters PostgreSQL reports with `ParameterStatus`; a `SET` of these needs no replay.
+const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "default_transaction_read_only",
+    "intervalstyle",
+    "standard_conforming_strings",
+    "timezone",
+];
+
+/// Functions whose effect outlives the transaction.
+const SESSION_FUNCTIONS: &[(&str, &str)] = &[
+    ("pg_advisory_lock", "session advisory lock"),
+    ("pg_advisory_lock_shared", "session advisory lock"),
+    ("pg_try_advisory_lock", "session advisory lock"),
+    ("pg_try_advisory_lock_shared", "session advisory lock"),
+    ("set_config", "set_config()"),
+    ("pg_temp", "temporary object"),
+    ("dblink_connect", "dblink connection"),
+];
+
+/// Whether `name` is a parameter PostgreSQL reports to clients.
+pub fn is_reported(name: &str) -> bool {
+    REPORTED.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// Classifies the text of a simple `Query`.
+pub fn classify_query(sql: &str) -> Effect {
+    let statements = split_statements(sql);
+    let effects: Vec<Effect> = statements.iter().map(|s| classify_one(s)).collect();
+
+    match effects.as_slice() {
+        [] => Effect::None,
+        [one] => one.clone(),
+        many => many
+            .iter()
+            .find(|e| **e != Effect::None)
+            .map(|_| Effect::Pin("session change inside a multi-statement query"))
+            .unwrap_or(Effect::None),
+    }
+}
+
+/// Classifies the text of a `Parse`: anything with a session effect pins, because the
+/// extended protocol gives no single completion to hang a replay on.
+pub fn classify_parse(sql: &str) -> Effect {
+    match classify_query(sql) {
+        Effect::None => Effect::None,
+        Effect::Pin(reason) => Effect::Pin(reason),
+        _ => Effect::Pin("session change through the extended protocol"),
+    }
+}
+
+/// One statement, already split and with comments removed from its tokens.
+struct Statement<'a> {
+    text: &'a str,
+    words: Vec<String>,
+}
+
+fn classify_one(s: &Statement<'_>) -> Effect {
+    if let Some(reason) = session_function(&s.words) {
+        return Effect::Pin(reason);
+    }
+
+    let w = |i: usize| s.words.get(i).map(String::as_str).unwrap_or("");
+    match w(0) {
+        "set" => classify_set(s, &w),
+        "reset" => classify_reset(&w),
+        "prepare" if w(1) != "transaction" => Effect::SetItem {
+            kind: ItemKind::Prepared,
+            name: w(1).to_owned(),
+            sql: s.text.trim().to_owned(),
+        },
+        "deallocate" => classify_deallocate(&w),
+        "discard" if w(1) == "all" => Effect::DiscardAll,
+        "discard" if w(1) == "temp" || w(1) == "temporary" => Effect::None,
+        "listen" => Effect::Pin("LISTEN"),
+        "load" => Effect::Pin("LOAD"),
+        "declare" if s.words.iter().any(|t| t == "hold") => Effect::Pin("WITH HOLD cursor"),
+        "create" if has_temp(&s.words) => Effect::Pin("temporary object"),
+        "select" if has_into_temp(&s.words) => Effect::Pin("temporary object"),
+        _ => Effect::None,
+    }
+}
+
+fn classify_set<'w>(s: &Statement<'_>, w: &impl Fn(usize) -> &'w str) -> Effect {
+    let (name_at, scope) = match w(1) {
+        "local" => return Effect::None,
+        "session" => (2, true),
+        _ => (1, false),
+    };
+
+    let name = match w(name_at) {
+        "role" => return Effect::Pin("SET ROLE"),
+        "authorization" if scope => return Effect::Pin("SET SESSION AUTHORIZATION"),
+        "transaction" | "constraints" => return Effect::None,
+        "characteristics" => return Effect::Pin("SET SESSION CHARACTERISTICS"),
+        "time" if w(name_at + 1) == "zone" => "timezone",
+        "names" => "client_encoding",
+        other => other,
+    };
+
+    if name.is_empty() {
+        return Effect::None;
+    }
+    if is_reported(name) {
+        return Effect::None;
+    }
+    Effect::SetItem {
+        kind: ItemKind::Setting,
+        name: name.to_owned(),
+        sql: s.text.trim().to_owned(),
+    }
+}
+
+fn classify_reset<'w>(w: &impl Fn(usize) -> &'w str) -> Effect {
+    match w(1) {
+        "all" => Effect::ResetAll,
+        "role" => Effect::Pin("RESET ROLE"),
+        "session" => Effect::Pin("RESET SESSION AUTHORIZATION"),
+        "time" => Effect::None,
+        name if is_reported(name) || name.is_empty() => Effect::None,
+        name => Effect::ResetItem {
+            kind: ItemKind::Setting,
+            name: name.to_owned(),
+        },
+    }
+}
+
+fn classify_deallocate<'w>(w: &impl Fn(usize) -> &'w str) -> Effect {
+    let at = if w(1) == "prepare" { 2 } else { 1 };
+    match w(at) {
+        "all" => Effect::DeallocateAll,
+        "" => Effect::None,
+        name => Effect::ResetItem {
+            kind: ItemKind::Prepared,
+            name: name.to_owned(),
+        },
+    }
+}
+
+fn session_function(words: &[String]) -> Option<&'static str> {
+    words.iter().find_map(|word| {
+        let bare = word.rsplit('.').next().unwrap_or(word);
+        let schema_temp = word.starts_with("pg_temp");
+        SESSION_FUNCTIONS
+            .iter()
+            .find(|(f, _)| *f == bare || (schema_temp && *f == "pg_temp"))
+            .map(|(_, why)| *why)
+    })
+}
+
+fn has_temp(words: &[String]) -> bool {
+    words
+        .iter()
+        .take(4)
+        .any(|w| w == "temp" || w == "temporary")
+}
+
+fn has_into_temp(words: &[String]) -> bool {
+    words
+        .windows(2)
+        .any(|p| p[0] == "into" && (p[1] == "temp" || p[1] == "temporary"))
+}
+
+/// Splits SQL into statements at top-level semicolons, collecting lower-case word tokens.
+fn split_statements(sql: &str) -> Vec<Statement<'_>> {
+    let mut lexer = Lexer {
+        sql,
+        bytes: sql.as_bytes(),
+        pos: 0,
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut words = Vec::new();
+
+    while let Some(token) = lexer.next_token() {
+        match token {
+            Token::Semicolon => {
+                push_statement(&mut out, &sql[start..lexer.pos - 1], &mut words);
+                start = lexer.pos;
+            }
+            Token::Word(w) => words.push(w),
+            Token::Other => {}
+        }
+    }
+    push_statement(&mut out, &sql[start..], &mut words);
+    out
+}
+
+fn push_statement<'a>(out: &mut Vec<Statement<'a>>, text: &'a str, words: &mut Vec<String>) {
+    if !words.is_empty() {
+        out.push(Statement {
+            text,
+            words: std::mem::take(words),
+        });
+    }
+}
+
+enum Token {
+    Word(String),
+    Semicolon,
+    Other,
+}
+
+struct Lexer<'a> {
+    sql: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Lexer<'_> {
+    fn peek(&self, offset: usize) -> u8 {
+        self.bytes.get(self.pos + offset).copied().unwrap_or(0)
+    }
+
+    fn next_token(&mut self) -> Option<Token> {
+        loop {
+            let c = *self.bytes.get(self.pos)?;
+            match c {
+                b';' => {
+                    self.pos += 1;
+                    return Some(Token::Semicolon);
+                }
+                b'-' if self.peek(1) == b'-' => self.skip_line_comment(),
+                b'/' if self.peek(1) == b'*' => self.skip_block_comment(),
+                b'\'' => {
+                    self.skip_quoted(b'\'', false);
+                    return Some(Token::Other);
+                }
+                b'"' => return Some(self.quoted_identifier()),
+                b'$' if self.dollar_tag().is_some() => {
+                    self.skip_dollar();
+                    return Some(Token::Other);
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                    return Some(self.word());
+                }
+                _ => {
+                    self.pos += 1;
+                    if !c.is_ascii_whitespace() {
+                        return Some(Token::Other);
+                    }
+                }
+            }
+        }
+    }
+
+    fn skip_line_comment(&mut self) {
+        while self.pos < self.bytes.len() && self.bytes[self.pos] != b'\n' {
+            self.pos += 1;
+        }
+    }
+
+    fn skip_block_comment(&mut self) {
+        let mut depth = 0usize;
+        while self.pos < self.bytes.len() {
+            if self.peek(0) == b'/' && self.peek(1) == b'*' {
+                depth += 1;
+                self.pos += 2;
+            } else if self.peek(0) == b'*' && self.peek(1) == b'/' {
+                depth = depth.saturating_sub(1);
+                self.pos += 2;
+                if depth == 0 {
+                    return;
+                }
+            } else {
+                self.pos += 1;
+            }
+        }
+    }
+
+    /// Skips a quoted run starting at the opening quote; doubled quotes stay inside.
+    fn skip_quoted(&mut self, quote: u8, backslash_escapes: bool) {
+        self.pos += 1;
+        while self.pos < self.bytes.len() {
+            let c = self.bytes[self.pos];
+            if backslash_escapes && c == b'\\' {
+                self.pos += 2;
+                continue;
+            }
+            self.pos += 1;
+            if c == quote {
+                if self.peek(0) == quote {
+                    self.pos += 1;
+                    continue;
+                }
+                return;
+            }
+        }
+    }
+
+    fn quoted_identifier(&mut self) -> Token {
+        let start = self.pos + 1;
+        self.skip_quoted(b'"', false);
+        let end = self.pos.saturating_sub(1).max(start);
+        let name = self.sql.get(start..end).unwrap_or("").replace("\"\"", "\"");
+        Token::Word(name)
+    }
+
+    /// The `$tag$` opening at the current position, if it is one.
+    fn dollar_tag(&self) -> Option<&str> {
+        let rest = self.sql.get(self.pos + 1..)?;
+        let end = rest.find('$')?;
+        let tag = &rest[..end];
+        let valid = tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80)
+            && !tag.starts_with(|c: char| c.is_ascii_digit());
+        valid.then(|| &self.sql[self.pos..self.pos + end + 2])
+    }
+
+    fn skip_dollar(&mut self) {
+        let Some(tag) = self.dollar_tag().map(str::to_owned) else {
+            return;
+        };
+        self.pos += tag.len();
+        match self.sql.get(self.pos..).and_then(|rest| rest.find(&tag)) {
+            Some(at) => self.pos += at + tag.len(),
+            None => self.pos = self.bytes.len(),
+        }
+    }
+
+    fn word(&mut self) -> Token {
+        let start = self.pos;
+        let escape_string = matches!(self.peek(0), b'e' | b'E') && self.peek(1) == b'\'';
+        if escape_string {
+            self.pos += 1;
+            self.skip_quoted(b'\'', true);
+            return Token::Other;
+        }
+
+        while self.pos < self.bytes.len() {
+            let c = self.bytes[self.pos];
+            let part =
+                c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.' || c >= 0x80;
+            if !part {
+                break;
+            }
+            self.pos += 1;
+        }
+        let word = self.sql.get(start..self.pos).unwrap_or("");
+        Token::Word(word.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! Specification of the statement classifier.
+
+use super::*;
+
+fn set_item(name: &str, sql: &str) -> Effect {
+    Effect::SetItem {
+        kind: ItemKind::Setting,
+        name: name.into(),
+        sql: sql.into(),
+    }
+}
+
+#[test]
+fn plain_queries_have_no_effect() {
+    assert_eq!(classify_query("select 1"), Effect::None);
+    assert_eq!(classify_query("update t set x = 1"), Effect::None);
+    assert_eq!(classify_query("BEGIN; SELECT 1; COMMIT"), Effect::None);
+}
+
+#[test]
+fn reported_parameters_are_left_to_parameter_status() {
+    assert_eq!(classify_query("SET application_name = 'x'"), Effect::None);
+    assert_eq!(classify_query("set time zone 'UTC'"), Effect::None);
+    assert_eq!(
+        classify_query("SET LOCAL statement_timeout = 5"),
+        Effect::None
+    );
+}
+
+#[test]
+fn other_settings_are_replayed() {
+    let sql = "SET statement_timeout = '5s'";
+    assert_eq!(classify_query(sql), set_item("statement_timeout", sql));
+    assert_eq!(
+        classify_query("set search_path to other;"),
+        set_item("search_path", "set search_path to other")
+    );
+    assert_eq!(
+        classify_query("RESET work_mem"),
+        Effect::ResetItem {
+            kind: ItemKind::Setting,
+            name: "work_mem".into()
+        }
+    );
+}
+
+#[test]
+fn unplaceable_state_pins() {
+    assert_eq!(classify_query("SET ROLE other"), Effect::Pin("SET ROLE"));
+    assert!(matches!(classify_query("LISTEN ch"), Effect::Pin(_)));
+    assert!(matches!(
+        classify_query("create temp table t (x int)"),
+        Effect::Pin(_)
+    ));
+    assert!(matches!(
+        classify_query("CREATE GLOBAL TEMPORARY TABLE t()"),
+        Effect::Pin(_)
+    ));
+    assert!(matches!(
+        classify_query("select pg_advisory_lock(1)"),
+        Effect::Pin(_)
+    ));
+    assert!(matches!(
+        classify_query("SELECT pg_catalog.set_config('search_path', '', false)"),
+        Effect::Pin(_)
+    ));
+    assert!(matches!(
+        classify_query("SET SESSION AUTHORIZATION x"),
+        Effect::Pin(_)
+    ));
+    assert!(matches!(
+        classify_query("select 1; set work_mem = 1"),
+        Effect::Pin(_)
+    ));
+}
+
+#[test]
+fn xact_advisory_locks_do_not_pin() {
+    assert_eq!(
+        classify_query("select pg_advisory_xact_lock(1)"),
+        Effect::None
+    );
+}
+
+#[test]
+fn keywords_inside_strings_and_comments_are_ignored() {
+    assert_eq!(
+        classify_query("select 'LISTEN x; set role y'"),
+        Effect::None
+    );
+    assert_eq!(classify_query("select $$set role y$$"), Effect::None);
+    assert_eq!(classify_query("select $f$ ; listen a $f$"), Effect::None);
+    assert_eq!(classify_query("-- listen x\nselect 1"), Effect::None);
+    assert_eq!(
+        classify_query("/* a /* nested */ listen */ select 1"),
+        Effect::None
+    );
+    assert_eq!(classify_query("select E'it\\'s; listen x'"), Effect::None);
+    assert_eq!(classify_query("select \"listen\" from t"), Effect::None);
+}
+
+#[test]
+fn sql_prepared_statements_are_items() {
+    assert_eq!(
+        classify_query("PREPARE q1 (int) AS SELECT $1"),
+        Effect::SetItem {
+            kind: ItemKind::Prepared,
+            name: "q1".into(),
+            sql: "PREPARE q1 (int) AS SELECT $1".into()
+        }
+    );
+    assert_eq!(classify_query("deallocate all"), Effect::DeallocateAll);
+    assert_eq!(
+        classify_query("DEALLOCATE PREPARE ALL"),
+        Effect::DeallocateAll
+    );
+    assert_eq!(classify_query("DISCARD ALL"), Effect::DiscardAll);
+    assert_eq!(classify_query("RESET ALL"), Effect::ResetAll);
+}
+
+#[test]
+fn parse_pins_on_any_session_change() {
+    assert_eq!(classify_parse("select $1"), Effect::None);
+    assert!(matches!(
+        classify_parse("SET work_mem = '64MB'"),
+        Effect::Pin(_)
+    ));
+    assert_eq!(classify_parse("SET application_name = 'x'"), Effect::None);
+}
+
+#[test]
+fn garbage_never_panics() {
+    for sql in [
+        "'", "$", "$a", "$a$", "/*", "\"", "E'\\", "--", ";;;", "é'", "$é$x",
+    ] {
+        let _ = classify_query(sql);
+    }
+}

@@ -1,0 +1,234 @@
+//! Translating one client message for the bound backend.
+//!
+//! Most frames go through as the bytes that arrived. Named prepared statements are the
+//! exception: a client's statement name maps to a proxy-unique name derived from the SQL
+//! text and parameter types, so the same statement prepared by many clients exists once per
+//! backend. A `Parse` the backend already has is answered by the proxy; a `Bind` or
+//! `Describe` of a statement the backend lacks is preceded by a hidden re-`Parse`; a `Close`
+//! of a statement only forgets the client's name and leaves the backend's cache alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use super::classify::{self, Effect};
+use crate::backend::BackendConn;
+use crate::backend::pipeline::{Expect, Pipeline};
+use crate::protocol::message::{self, BodyError};
+
+/// A client's named statement, as the backend knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// Proxy-unique name on every backend.
+    pub proxy_name: String,
+    /// SQL text.
+    pub query: Bytes,
+    /// Parameter count and type OIDs, as sent.
+    pub param_types: Bytes,
+}
+
+impl Statement {
+    /// Names a statement by a digest of its text and parameter types.
+    pub fn new(query: &[u8], param_types: &[u8]) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(query);
+        hash.update([0]);
+        hash.update(param_types);
+        let digest = hash.finalize();
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+
+        Self {
+            proxy_name: format!("pgt_{hex}"),
+            query: Bytes::copy_from_slice(query),
+            param_types: Bytes::copy_from_slice(param_types),
+        }
+    }
+}
+
+/// Client statement name → statement.
+pub type Statements = HashMap<Vec<u8>, Arc<Statement>>;
+
+/// What the session should do after relaying a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep going.
+    Continue,
+    /// The client sent `Terminate`.
+    Terminate,
+    /// The message pins the client to this backend for the rest of its session.
+    Pin(&'static str),
+}
+
+/// Where a relayed message goes.
+pub struct Relay<'a> {
+    /// The bound backend.
+    pub conn: &'a mut BackendConn,
+    /// Its response tracking.
+    pub pipeline: &'a mut Pipeline,
+    /// The client's named statements.
+    pub statements: &'a mut Statements,
+    /// Bytes for the backend.
+    pub to_backend: &'a mut BytesMut,
+    /// Bytes for the client (synthesized answers).
+    pub to_client: &'a mut BytesMut,
+}
+
+impl Relay<'_> {
+    /// Relays one complete client frame.
+    pub fn frame(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
+        let tag = frame.first().copied().unwrap_or(0);
+        match tag {
+            b'Q' => self.query(frame),
+            b'P' => self.parse(frame),
+            b'B' => self.bind(frame),
+            b'D' => self.describe(frame),
+            b'C' => self.close(frame),
+            b'E' => Ok(self.forward(frame, Some(Expect::Execute))),
+            b'S' => Ok(self.forward(frame, Some(Expect::Sync))),
+            b'F' => Ok(self.forward(frame, Some(Expect::Query(Effect::None)))),
+            b'H' | b'd' | b'c' | b'f' => Ok(self.forward(frame, None)),
+            b'X' => Ok(Flow::Terminate),
+            _ => Err(BodyError { tag: tag as char }),
+        }
+    }
+
+    fn forward(&mut self, frame: &[u8], expect: Option<Expect>) -> Flow {
+        self.to_backend.extend_from_slice(frame);
+        if let Some(expect) = expect {
+            self.pipeline.push(expect, self.to_client);
+        }
+        Flow::Continue
+    }
+
+    fn query(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
+        let text = message::query_text(frame)?;
+        let effect = classify::classify_query(&String::from_utf8_lossy(text));
+
+        match effect {
+            Effect::Pin(reason) => {
+                self.forward(frame, Some(Expect::Query(Effect::None)));
+                Ok(Flow::Pin(reason))
+            }
+            effect => Ok(self.forward(frame, Some(Expect::Query(effect)))),
+        }
+    }
+
+    fn parse(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
+        let parse = message::parse(frame)?;
+        let flow = match classify::classify_parse(&String::from_utf8_lossy(parse.query)) {
+            Effect::Pin(reason) => Flow::Pin(reason),
+            _ => Flow::Continue,
+        };
+
+        if parse.name.is_empty() {
+            let expect = Expect::Parse {
+                name: None,
+                hidden: false,
+            };
+            self.forward(frame, Some(expect));
+            return Ok(flow);
+        }
+
+        let statement = Arc::new(Statement::new(parse.query, parse.param_types));
+        self.statements
+            .insert(parse.name.to_vec(), statement.clone());
+
+        if self.conn.prepared.contains(&statement.proxy_name) {
+            self.pipeline
+                .push(Expect::FakeParseComplete, self.to_client);
+        } else {
+            self.send_parse(&statement, false);
+        }
+        Ok(flow)
+    }
+
+    /// Sends a `Parse` under the proxy name and records it as prepared on this backend.
+    fn send_parse(&mut self, statement: &Statement, hidden: bool) {
+        let name = statement.proxy_name.as_bytes();
+        message::put_parse(
+            self.to_backend,
+            name,
+            &statement.query,
+            &statement.param_types,
+        );
+        self.conn.prepared.insert(statement.proxy_name.clone());
+
+        let expect = Expect::Parse {
+            name: Some(statement.proxy_name.clone()),
+            hidden,
+        };
+        self.pipeline.push(expect, self.to_client);
+    }
+
+    /// Makes sure the backend has the client's statement; returns it, if the name is known.
+    fn ensure(&mut self, client_name: &[u8]) -> Option<Arc<Statement>> {
+        let statement = self.statements.get(client_name)?.clone();
+        if !self.conn.prepared.contains(&statement.proxy_name) {
+            self.send_parse(&statement, true);
+        }
+        Some(statement)
+    }
+
+    fn bind(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
+        let bind = message::bind(frame)?;
+        let statement = match bind.statement {
+            [] => None,
+            name => self.ensure(name),
+        };
+
+        match statement {
+            Some(s) => {
+                let name = s.proxy_name.as_bytes();
+                message::put_bind(self.to_backend, bind.portal, name, bind.rest);
+                self.pipeline.push(Expect::Bind, self.to_client);
+                Ok(Flow::Continue)
+            }
+            None => Ok(self.forward(frame, Some(Expect::Bind))),
+        }
+    }
+
+    fn describe(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
+        let target = message::target(frame)?;
+        let statement = match (target.kind, target.name) {
+            (b'S', name) if !name.is_empty() => self.ensure(name),
+            _ => None,
+        };
+
+        match statement {
+            Some(s) => {
+                message::put_target(self.to_backend, b'D', b'S', s.proxy_name.as_bytes());
+                self.pipeline.push(Expect::Describe, self.to_client);
+                Ok(Flow::Continue)
+            }
+            None => Ok(self.forward(frame, Some(Expect::Describe))),
+        }
+    }
+
+    fn close(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
+        let target = message::target(frame)?;
+        if target.kind == b'S' && !target.name.is_empty() {
+            self.statements.remove(target.name);
+            self.pipeline
+                .push(Expect::FakeCloseComplete, self.to_client);
+            return Ok(Flow::Continue);
+        }
+        Ok(self.forward(frame, Some(Expect::Close)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_sql_and_types_give_same_proxy_name() {
+        let a = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
+        let b = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
+        let c = Statement::new(b"select $1", b"\0\x01\0\0\0\x19");
+        assert_eq!(a.proxy_name, b.proxy_name);
+        assert_ne!(a.proxy_name, c.proxy_name);
+        assert!(a.proxy_name.len() < 64);
+    }
+}

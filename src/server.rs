@@ -1,0 +1,221 @@
+//! The running proxy: shared state, the accept loop, reload and shutdown.
+//!
+//! Loops: the accept loop (one task per client connection) and the idle reaper (every 5 s).
+//! Reload swaps the configuration and TLS settings atomically; sessions pick up the new
+//! snapshot at their next login, pools whose tenant changed are retired as their
+//! connections come back. Shutdown stops accepting, lets sessions finish their transaction
+//! up to the drain timeout, then ends the rest.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::frontend::listener;
+use crate::pool::Pools;
+use crate::tls::{self, TlsError};
+
+/// State every session can reach.
+#[derive(Debug)]
+pub struct Shared {
+    config: RwLock<Arc<Config>>,
+    tls: RwLock<Option<Arc<ServerConfig>>>,
+    /// Tenant pools.
+    pub pools: Pools,
+    /// Client cancel keys.
+    pub cancels: CancelRegistry,
+    /// Secret behind decoy SCRAM verifiers.
+    pub decoy_secret: [u8; 32],
+    /// Flips to `true` when the proxy starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Sessions currently open.
+    pub sessions: AtomicUsize,
+}
+
+impl Shared {
+    /// The current configuration snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// The current TLS settings, if TLS is on.
+    pub fn tls(&self) -> Option<Arc<ServerConfig>> {
+        self.tls
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+}
+
+/// Why the server could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address is not available.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Builds the TLS settings a configuration asks for.
+fn load_tls(config: &Config) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    match &config.proxy.tls_files {
+        Some((cert, key)) => Ok(Some(tls::server_config(cert, key)?)),
+        None => Ok(None),
+    }
+}
+
+/// Controls a running server from outside: reload and shutdown.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl ServerHandle {
+    /// Applies a new configuration; on error the old one stays.
+    pub fn reload(&self, config: Config) -> Result<(), ServerError> {
+        let tls = load_tls(&config)?;
+        let config = Arc::new(config);
+
+        self.shared.pools.apply(&config);
+        if let Ok(mut slot) = self.shared.tls.write() {
+            *slot = tls;
+        }
+        if let Ok(mut slot) = self.shared.config.write() {
+            *slot = config;
+        }
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Sessions currently open.
+    pub fn sessions(&self) -> usize {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// A bound, not yet running, proxy.
+pub struct Server {
+    listener: TcpListener,
+    handle: ServerHandle,
+}
+
+impl Server {
+    /// Binds the listener and loads TLS.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let tls = load_tls(&config)?;
+        let listener = TcpListener::bind(&config.proxy.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.proxy.listen.clone(),
+                source,
+            })?;
+
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: RwLock::new(Arc::new(config)),
+            tls: RwLock::new(tls),
+            pools: Pools::default(),
+            cancels: CancelRegistry::default(),
+            decoy_secret: crate::frontend::scram::decoy_secret(),
+            shutdown,
+            sessions: AtomicUsize::new(0),
+        });
+        let handle = ServerHandle {
+            shared,
+            stop: Arc::new(stop),
+        };
+        Ok(Self { listener, handle })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle for reload and shutdown.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Accepts clients until shutdown, then drains.
+    pub async fn run(self) {
+        let shared = self.handle.shared.clone();
+        let mut shutdown = shared.shutdown.clone();
+        let mut sessions = JoinSet::new();
+        let reaper = tokio::spawn(reap_idle(shared.clone()));
+
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, addr)) => {
+                        sessions.spawn(listener::serve_connection(shared.clone(), tcp, addr));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+
+        drop(self.listener);
+        drain(&shared, sessions).await;
+        reaper.abort();
+        shared.pools.close_all();
+    }
+}
+
+async fn drain(shared: &Shared, mut sessions: JoinSet<()>) {
+    let limit = shared.config().proxy.shutdown_timeout;
+    tracing::info!(
+        sessions = sessions.len(),
+        ?limit,
+        "shutting down: draining sessions"
+    );
+
+    let finished = tokio::time::timeout(limit, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+
+    if finished.is_err() {
+        tracing::warn!(
+            left = sessions.len(),
+            "drain timeout reached; closing remaining sessions"
+        );
+        sessions.shutdown().await;
+    }
+}
+
+async fn reap_idle(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        shared.pools.reap_idle();
+    }
+}
