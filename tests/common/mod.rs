@@ -1,0 +1,321 @@
+//! Test harness: one real PostgreSQL per test binary with demo tenants, and a proxy per test
+//! bound to port 0 in the test's own runtime.
+//!
+//! Tenants: `acme` and `globex` (demo data, `customers` and `invoices`) and `solo`, all with
+//! a client login `app`. Each test chooses pool sizes and modes through [`ProxyOptions`].
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pgtenant::config::Config;
+use pgtenant::config::file::{
+    BackendSection, ConfigFile, PoolMode, ProxySection, TenantSection, TenantSource, TlsMode,
+    UserSection,
+};
+use pgtenant::control::demo::{self, DemoTenant};
+use pgtenant::embedded::{Cluster, ClusterOptions};
+use pgtenant::server::{Server, ServerHandle};
+use tokio_postgres::{Client, NoTls};
+
+/// The shared PostgreSQL and its tenants.
+pub struct Fleet {
+    /// The server.
+    pub cluster: Cluster,
+    /// Demo tenants.
+    pub tenants: Vec<DemoTenant>,
+    /// Self-signed certificate for `localhost` and `<tenant>.localhost`.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    _cert_dir: tempfile::TempDir,
+}
+
+static FLEET: OnceLock<Fleet> = OnceLock::new();
+
+/// Tenant names every test binary gets.
+pub const TENANTS: &[&str] = &["acme", "globex", "solo"];
+
+/// The fleet, started on first use.
+pub fn fleet() -> &'static Fleet {
+    FLEET.get_or_init(|| {
+        std::thread::spawn(start_fleet)
+            .join()
+            .expect("fleet start thread")
+    })
+}
+
+fn start_fleet() -> Fleet {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+
+    let cluster = Cluster::start(ClusterOptions::default()).expect("start PostgreSQL");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tenants = runtime
+        .block_on(demo::provision(&cluster, TENANTS))
+        .expect("provision demo tenants");
+
+    let dir = tempfile::tempdir().expect("cert dir");
+    let names = [
+        "localhost",
+        "acme.localhost",
+        "globex.localhost",
+        "solo.localhost",
+    ];
+    let (cert, key) = pgtenant::tls::write_self_signed(dir.path(), &names).expect("cert");
+    Fleet {
+        cluster,
+        tenants,
+        cert,
+        key,
+        _cert_dir: dir,
+    }
+}
+
+impl Fleet {
+    /// A demo tenant by name.
+    pub fn tenant(&self, name: &str) -> &DemoTenant {
+        self.tenants
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no demo tenant {name}"))
+    }
+
+    /// A superuser connection straight to PostgreSQL.
+    pub async fn superuser(&self) -> Client {
+        self.cluster.connect_superuser().await.expect("superuser")
+    }
+}
+
+/// How a test wants its proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// Pool size for every tenant.
+    pub pool_size: usize,
+    /// Pool mode for every tenant.
+    pub pool_mode: PoolMode,
+    /// Tenant naming order.
+    pub tenant_from: Vec<TenantSource>,
+    /// Queue timeout.
+    pub query_wait_timeout: Duration,
+    /// Drain timeout.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            tls: TlsMode::Preferred,
+            pool_size: 2,
+            pool_mode: PoolMode::Transaction,
+            tenant_from: vec![
+                TenantSource::Database,
+                TenantSource::Sni,
+                TenantSource::Options,
+            ],
+            query_wait_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ProxyOptions {
+    /// Pool size 1: two clients always share one backend.
+    pub fn one_backend() -> Self {
+        Self {
+            pool_size: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The runtime configuration these options describe.
+    pub fn config(&self) -> Config {
+        let fleet = fleet();
+        let tenants = fleet
+            .tenants
+            .iter()
+            .map(|t| TenantSection {
+                name: t.name.clone(),
+                schema: None,
+                role: None,
+                role_password: Some(t.role_password.clone()),
+                pool_mode: self.pool_mode,
+                pool_size: Some(self.pool_size),
+                users: vec![UserSection {
+                    name: t.user.clone(),
+                    verifier: t.user_verifier.clone(),
+                }],
+            })
+            .collect();
+
+        let file = ConfigFile {
+            proxy: ProxySection {
+                listen: "127.0.0.1:0".into(),
+                tls: self.tls,
+                tls_cert: Some(fleet.cert.clone()),
+                tls_key: Some(fleet.key.clone()),
+                tenant_from: self.tenant_from.clone(),
+                query_wait_timeout: self.query_wait_timeout,
+                shutdown_timeout: self.shutdown_timeout,
+                ..ProxySection::default()
+            },
+            backend: BackendSection {
+                host: fleet.cluster.host().into(),
+                port: fleet.cluster.port(),
+                database: "postgres".into(),
+                pool_size: self.pool_size,
+                ..BackendSection::default()
+            },
+            tenants,
+        };
+        Config::from_parsed(file, Path::new("/")).expect("valid test config")
+    }
+}
+
+/// A proxy running inside the test's runtime.
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Reload and shutdown.
+    pub handle: ServerHandle,
+    /// The server task; finishes after shutdown.
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts a proxy with default options.
+    pub async fn start() -> Self {
+        Self::with(ProxyOptions::default()).await
+    }
+
+    /// Starts a proxy with these options.
+    pub async fn with(options: ProxyOptions) -> Self {
+        let server = Server::bind(options.config()).await.expect("bind proxy");
+        let addr = server.local_addr().expect("addr");
+        let handle = server.handle();
+        let task = tokio::spawn(server.run());
+        Self {
+            addr,
+            handle,
+            task: Some(task),
+        }
+    }
+
+    /// A libpq URL for a tenant's `app` login (plaintext).
+    pub fn url(&self, tenant: &str) -> String {
+        let t = fleet().tenant(tenant);
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
+            t.user,
+            t.user_password,
+            self.addr.port(),
+            tenant
+        )
+    }
+
+    /// A tokio-postgres config for a tenant's `app` login.
+    pub fn pg_config(&self, tenant: &str) -> tokio_postgres::Config {
+        let t = fleet().tenant(tenant);
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.addr.port())
+            .user(&t.user)
+            .password(&t.user_password)
+            .dbname(tenant)
+            .connect_timeout(Duration::from_secs(10));
+        config
+    }
+
+    /// Connects as a tenant's `app` user without TLS.
+    pub async fn connect(&self, tenant: &str) -> Client {
+        connect_plain(self.pg_config(tenant))
+            .await
+            .expect("connect")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+/// Connects with NoTls and drives the connection in the background.
+pub async fn connect_plain(
+    config: tokio_postgres::Config,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A rustls client configuration that trusts the fleet's certificate.
+pub fn tls_client_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&fleet().cert).expect("cert") {
+        roots.add(cert.expect("cert")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Connects over TLS 1.3 (`sslmode=require`), naming `server_name` for SNI.
+pub async fn connect_tls(
+    mut config: tokio_postgres::Config,
+    server_name: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    config
+        .host(server_name)
+        .hostaddr(std::net::IpAddr::from([127, 0, 0, 1]))
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_client_config(&[
+        &rustls::version::TLS13,
+    ]));
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a failed call, as text.
+pub fn sqlstate(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {error}"))
+}
+
+/// Path of the `pgtenant` binary built for these tests.
+pub fn pgtenant_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgtenant"))
+}
