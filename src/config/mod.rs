@@ -298,6 +298,21 @@ mod tests {
     }
 
     #[test]
+    fn example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgtenant.toml");
+        let config = Config::from_file(&path).expect("example config must stay valid");
+        assert_eq!(config.tenants.len(), 2);
+        assert_eq!(config.tenants["globex"].pool_mode, PoolMode::Session);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let file: ConfigFile = toml::from_str("[proxy]\ntls = \"disabled\"\n[[tenants]]\nname = \"Bad Name\"\n").expect("parses");
+        let err = Config::from_parsed(file, Path::new("/")).expect_err("invalid name");
+        assert!(err.to_string().starts_with("tenants[0].name"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = toml::from_str::<ConfigFile>("[proxy]\nlisten_addr = \"x\"\n")
             .expect_err("unknown key must fail");
