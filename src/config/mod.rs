@@ -307,7 +307,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let file: ConfigFile = toml::from_str("[proxy]\ntls = \"disabled\"\n[[tenants]]\nname = \"Bad Name\"\n").expect("parses");
+        let file: ConfigFile =
+            toml::from_str("[proxy]\ntls = \"disabled\"\n[[tenants]]\nname = \"Bad Name\"\n")
+                .expect("parses");
         let err = Config::from_parsed(file, Path::new("/")).expect_err("invalid name");
         assert!(err.to_string().starts_with("tenants[0].name"), "{err}");
     }

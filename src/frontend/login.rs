@@ -183,7 +183,12 @@ async fn apply_on_backend(
         .await
         .map_err(|e| fatal(e.to_client()))?;
 
-    let failures = match sync::sync_to(&mut lease.conn, wants, items).await {
+    // Parameters the client did not set take the values of a fresh backend, not whatever
+    // the previous user of this connection left.
+    let mut full = pool.defaults().cloned().unwrap_or_default();
+    full.extend(wants.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+    let failures = match sync::sync_to(&mut lease.conn, &full, items).await {
         Ok(failures) => failures,
         Err(error) => {
             tracing::warn!(%error, "backend failed while applying login settings");

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -98,6 +98,7 @@ pub struct TenantPool {
     idle: Mutex<Vec<BackendConn>>,
     waiting: AtomicUsize,
     closed: AtomicBool,
+    defaults: OnceLock<HashMap<String, String>>,
     login_params: Mutex<LoginParamCache>,
 }
 
@@ -111,6 +112,7 @@ impl TenantPool {
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            defaults: OnceLock::new(),
             login_params: Mutex::new(HashMap::new()),
         }
     }
@@ -129,6 +131,7 @@ impl TenantPool {
         }
 
         let conn = connect(&self.settings, &self.tenant).await?;
+        self.defaults.get_or_init(|| conn.reported.clone());
         m::backend_opened(&self.tenant.name);
         tracing::debug!(tenant = %self.tenant.name, backend = conn.id, pid = conn.key.pid, "backend connection opened");
         Ok(Lease {
@@ -217,6 +220,12 @@ impl TenantPool {
                 m::backend_closed(&self.tenant.name);
             }
         }
+    }
+
+    /// The parameters a fresh backend reports: what a client that sets nothing should see.
+    /// Known once the pool has opened its first connection.
+    pub fn defaults(&self) -> Option<&HashMap<String, String>> {
+        self.defaults.get()
     }
 
     /// The parameters PostgreSQL reported for a login with these settings, if seen before.
