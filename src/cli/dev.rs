@@ -25,6 +25,9 @@ pub struct DevArgs {
     /// Pool mode for every demo tenant (`transaction` or `session`).
     #[arg(long, default_value = "transaction")]
     pub pool_mode: String,
+    /// Threads that run sessions; `0` means one per CPU.
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 /// Runs the embedded default until Ctrl-C.
@@ -32,7 +35,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     for name in &args.tenants {
         crate::config::check_identifier(name).map_err(|e| format!("--tenants: {e}"))?;
     }
-    super::runtime()?.block_on(dev(args))
+    super::runtime(args.worker_threads)?.block_on(dev(args))
 }
 
 async fn dev(args: DevArgs) -> Result<(), String> {
@@ -66,7 +69,7 @@ fn write_config(
 
     let text = format!(
         "# Written by `pgtenant dev`; removed when it stops.\n\
-         [proxy]\nlisten = \"{listen}\"\ntls = \"preferred\"\n\
+         [proxy]\nlisten = \"{listen}\"\ntls = \"preferred\"\nworker_threads = {workers}\n\
          tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\n\
          [backend]\nhost = \"{host}\"\nport = {port}\ndatabase = \"postgres\"\n\
          pool_size = {pool}\n\n{tenants}",
@@ -76,6 +79,7 @@ fn write_config(
         host = cluster.host(),
         port = cluster.port(),
         pool = args.pool_size,
+        workers = args.worker_threads,
         tenants = demo::tenants_toml(tenants, args.pool_size, &args.pool_mode),
     );
     let path = dir.join("pgtenant.toml");

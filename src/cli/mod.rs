@@ -77,9 +77,13 @@ fn init_logging() {
         .try_init();
 }
 
-/// A multi-threaded runtime for commands that need one.
-pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded runtime with `workers` threads (`0`: one per CPU).
+pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))

@@ -11,7 +11,7 @@ use crate::server::{Server, ServerHandle};
 /// Runs until SIGTERM or SIGINT.
 pub fn run(path: &Path) -> Result<(), String> {
     let config = Config::from_file(path).map_err(|e| e.to_string())?;
-    super::runtime()?.block_on(serve(config, path.to_owned()))
+    super::runtime(config.proxy.worker_threads)?.block_on(serve(config, path.to_owned()))
 }
 
 /// Serves `config`, reloading from `path` on SIGHUP.

@@ -49,6 +49,8 @@ pub struct ProxySection {
     pub shutdown_timeout: Duration,
     /// Address of the Prometheus endpoint; none when absent. Needs a restart.
     pub metrics_listen: Option<String>,
+    /// Threads that run sessions; `0` means one per CPU. Default `0`. Needs a restart.
+    pub worker_threads: usize,
 }
 
 impl Default for ProxySection {
@@ -67,6 +69,7 @@ impl Default for ProxySection {
             query_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             metrics_listen: None,
+            worker_threads: 0,
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct ProxySettings {
     pub shutdown_timeout: Duration,
     /// Prometheus endpoint.
     pub metrics_listen: Option<String>,
+    /// Session threads; 0 = one per CPU.
+    pub worker_threads: usize,
 }
 
 /// Validated `[backend]`.
@@ -174,6 +176,10 @@ fn validate_proxy(p: &file::ProxySection, base: &Path) -> Result<ProxySettings, 
         return Err(invalid("proxy.listen", msg));
     }
 
+    if p.login_timeout.is_zero() {
+        return Err(invalid("proxy.login_timeout", "must be longer than 0s"));
+    }
+
     if p.tenant_from.is_empty() {
         return Err(invalid("proxy.tenant_from", "needs at least one source"));
     }
@@ -205,12 +211,17 @@ fn validate_proxy(p: &file::ProxySection, base: &Path) -> Result<ProxySettings, 
         query_wait_timeout: p.query_wait_timeout,
         shutdown_timeout: p.shutdown_timeout,
         metrics_listen: p.metrics_listen.clone(),
+        worker_threads: p.worker_threads,
     })
 }
 
 fn validate_backend(b: &file::BackendSection) -> Result<BackendSettings, ConfigError> {
     if b.pool_size == 0 {
         return Err(invalid("backend.pool_size", "must be at least 1, got 0"));
+    }
+
+    if b.connect_timeout.is_zero() {
+        return Err(invalid("backend.connect_timeout", "must be longer than 0s"));
     }
 
     if b.database.is_empty() {

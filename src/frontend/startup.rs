@@ -25,6 +25,10 @@ const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 
+/// The setting that names a tenant at login; never passed on as a client setting, so a
+/// client cannot make its backend claim another tenant.
+const TENANT_SETTING: &str = "pgtenant.tenant";
+
 /// What the client opened the connection for.
 pub enum Hello {
     /// A login, to be authenticated.
@@ -218,7 +222,10 @@ async fn startup(
     };
 
     negotiate_version(stream, &message).await?;
-    sort_parameters(message).map_err(NegotiateError::Refused)
+    match sort_parameters(message) {
+        Ok(request) => Ok(request),
+        Err(err) => Err(refuse(stream, err).await),
+    }
 }
 
 /// Answers a newer minor version or `_pq_.` options with `NegotiateProtocolVersion`.
@@ -252,6 +259,7 @@ fn sort_parameters(message: Startup) -> Result<StartupRequest, ClientError> {
             "user" => request.user = value,
             "database" => request.database = value,
             "options" => parse_options(&value, &mut request)?,
+            n if n.eq_ignore_ascii_case(TENANT_SETTING) => request.tenant_option = Some(value),
             "replication" if value != "false" && value != "0" => {
                 return Err(ClientError::fatal(
                     ErrorKind::Client,
@@ -298,7 +306,7 @@ fn parse_options(options: &str, request: &mut StartupRequest) -> Result<(), Clie
         };
 
         let name = name.replace('-', "_");
-        if name == "pgtenant.tenant" {
+        if name.eq_ignore_ascii_case(TENANT_SETTING) {
             request.tenant_option = Some(value.to_owned());
         } else {
             request.settings.push((name, value.to_owned()));

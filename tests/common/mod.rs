@@ -244,6 +244,19 @@ impl Proxy {
         config
     }
 
+    /// Like [`Proxy::pg_config`] but without a host, for [`connect_tls`].
+    pub fn tls_config(&self, tenant: &str) -> tokio_postgres::Config {
+        let t = fleet().tenant(tenant);
+        let mut config = tokio_postgres::Config::new();
+        config
+            .port(self.addr.port())
+            .user(&t.user)
+            .password(&t.user_password)
+            .dbname(tenant)
+            .connect_timeout(Duration::from_secs(10));
+        config
+    }
+
     /// Connects as a tenant's `app` user without TLS.
     pub async fn connect(&self, tenant: &str) -> Client {
         connect_plain(self.pg_config(tenant))
@@ -288,7 +301,8 @@ pub fn tls_client_config(
         .with_no_client_auth()
 }
 
-/// Connects over TLS 1.3 (`sslmode=require`), naming `server_name` for SNI.
+/// Connects over TLS 1.3 (`sslmode=require`), naming `server_name` for SNI. `config` must
+/// not name a host yet (not [`Proxy::pg_config`]); use [`Proxy::tls_config`].
 pub async fn connect_tls(
     mut config: tokio_postgres::Config,
     server_name: &str,
