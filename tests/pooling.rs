@@ -191,10 +191,11 @@ async fn reset_forgets_only_the_clients_own_setting() {
     assert_eq!(show(&a, "statement_timeout").await, DEFAULT_TIMEOUT);
 }
 
-/// A `SET` undone by `ROLLBACK` is not brought back when the client changes turns.
+/// A `SET` inside a transaction block pins the client: a later `ROLLBACK` undoes it, and
+/// only its backend knows. The client sees exactly what PostgreSQL says; nobody else does.
 #[tokio::test(flavor = "multi_thread")]
 async fn set_rolled_back_with_its_transaction_is_not_replayed() {
-    let proxy = Proxy::with(ProxyOptions::one_backend()).await;
+    let proxy = Proxy::with(one_backend_short_wait()).await;
     let a = proxy.connect("acme").await;
     let b = proxy.connect("acme").await;
 
@@ -205,18 +206,22 @@ async fn set_rolled_back_with_its_transaction_is_not_replayed() {
     a.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(show(&a, "statement_timeout").await, DEFAULT_TIMEOUT);
 
-    assert_eq!(show(&b, "statement_timeout").await, DEFAULT_TIMEOUT);
+    let waited = try_scalar(&b, "SHOW statement_timeout").await.unwrap_err();
+    assert_eq!(sqlstate(&waited), "53300", "A must hold its backend");
+    assert_eq!(show(&a, "statement_timeout").await, DEFAULT_TIMEOUT);
+
+    drop(a);
     assert_eq!(
-        show(&a, "statement_timeout").await,
-        DEFAULT_TIMEOUT,
-        "the rolled-back SET came back after another client used the backend"
+        eventually_show(&b, "statement_timeout").await,
+        DEFAULT_TIMEOUT
     );
 }
 
-/// A `RESET` undone by `ROLLBACK` leaves the setting in force, and it still does not leak.
+/// A `RESET` undone by `ROLLBACK` leaves the setting in force for its client, and the
+/// backend is clean before anyone else uses it.
 #[tokio::test(flavor = "multi_thread")]
 async fn reset_rolled_back_with_its_transaction_does_not_leak() {
-    let proxy = Proxy::with(ProxyOptions::one_backend()).await;
+    let proxy = Proxy::with(one_backend_short_wait()).await;
     let a = proxy.connect("acme").await;
     let b = proxy.connect("acme").await;
 
@@ -227,13 +232,28 @@ async fn reset_rolled_back_with_its_transaction_does_not_leak() {
     a.batch_execute("RESET statement_timeout").await.unwrap();
     a.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(show(&a, "statement_timeout").await, "1234ms");
+    let a_pid = backend_pid(&a).await;
 
+    drop(a);
     assert_eq!(
-        show(&b, "statement_timeout").await,
+        eventually_show(&b, "statement_timeout").await,
         DEFAULT_TIMEOUT,
         "another client's setting leaked onto this client"
     );
-    assert_eq!(backend_pid(&a).await, backend_pid(&b).await);
+    assert_eq!(backend_pid(&b).await, a_pid);
+}
+
+/// `SHOW name`, retrying while the only backend is still held by a client that is leaving.
+async fn eventually_show(client: &Client, name: &str) -> String {
+    for _ in 0..50 {
+        match try_scalar(client, &format!("SHOW {name}")).await {
+            Ok(Some(value)) => return value,
+            Ok(None) => panic!("SHOW {name}: NULL"),
+            Err(e) if sqlstate(&e) == "53300" => continue,
+            Err(e) => panic!("SHOW {name}: {e}"),
+        }
+    }
+    panic!("SHOW {name}: the backend never came back");
 }
 
 /// A setting named in another letter case is still one setting: `RESET` forgets it for good.

@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::statement::Statement;
 use crate::protocol::frame::{FrameHeader, next_backend_frame};
 use crate::protocol::message;
 
@@ -65,6 +67,8 @@ pub struct BackendConn {
     pub items: SessionItems,
     /// Proxy-unique names of protocol-level statements prepared here.
     pub prepared: HashSet<String>,
+    /// Whose unnamed statement this backend holds (compared by identity).
+    pub unnamed: Option<Arc<Statement>>,
     /// Last `ReadyForQuery` status (`I`, `T`, `E`).
     pub status: u8,
     /// When the connection was opened.

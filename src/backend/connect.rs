@@ -106,6 +106,7 @@ fn new_conn(stream: TcpStream, addr: SocketAddr) -> BackendConn {
         reported: HashMap::new(),
         items: BTreeMap::new(),
         prepared: HashSet::new(),
+        unnamed: None,
         status: b'I',
         created: now,
         idle_since: now,

@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod connect;
 pub mod pipeline;
+pub mod statement;
 pub mod sync;
 
 pub use conn::{BackendConn, BackendKey};

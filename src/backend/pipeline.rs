@@ -33,6 +33,8 @@ pub enum Expect {
     Execute,
     /// `CloseComplete`.
     Close,
+    /// `CloseComplete` of a `Close` the proxy sent: swallowed.
+    HiddenClose,
     /// `ReadyForQuery` after a `Sync`.
     Sync,
     /// `ReadyForQuery` after a simple `Query` or `FunctionCall`; the effect is reported once
@@ -47,8 +49,14 @@ pub enum Expect {
 /// Something the session must act on after a backend message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A statement with a session effect completed successfully.
-    Completed(Effect),
+    /// A statement with a session effect completed successfully; `status` is the
+    /// transaction status after it (`T` or `E` means a later ROLLBACK could undo it).
+    Completed {
+        /// The effect.
+        effect: Effect,
+        /// `ReadyForQuery` status that followed.
+        status: u8,
+    },
     /// A `Parse` under this proxy name failed: the backend does not have it.
     ParseFailed(String),
 }
@@ -68,6 +76,8 @@ pub struct Desync {
 pub struct Pipeline {
     queue: VecDeque<Expect>,
     open_batch: bool,
+    /// The effect of the current simple query, once its `CommandComplete` arrived.
+    completed: Option<Effect>,
     /// Status byte of the last `ReadyForQuery`.
     pub status: Option<u8>,
 }
@@ -98,14 +108,14 @@ impl Pipeline {
     pub fn on_backend(&mut self, frame: &[u8], events: &mut Vec<Event>) -> Result<bool, Desync> {
         let tag = frame.first().copied().unwrap_or(0);
         match tag {
-            b'1' => self.complete_parse(tag, events),
+            b'1' => self.complete_parse(tag),
             b'2' => self.pop_if(tag, |e| *e == Expect::Bind),
-            b'3' => self.pop_if(tag, |e| *e == Expect::Close),
+            b'3' => self.complete_close(tag),
             b'n' => self.pop_if(tag, |e| *e == Expect::Describe),
             b'T' => self.row_description(),
             b's' => self.pop_if(tag, |e| *e == Expect::Execute),
-            b'C' | b'I' => self.command_complete(tag, events),
-            b'Z' => self.ready(frame),
+            b'C' | b'I' => self.command_complete(tag),
+            b'Z' => self.ready(frame, events),
             b'E' => {
                 self.error(events);
                 Ok(true)
@@ -142,12 +152,26 @@ impl Pipeline {
         Ok(true)
     }
 
-    fn complete_parse(&mut self, tag: u8, _events: &mut [Event]) -> Result<bool, Desync> {
+    fn complete_parse(&mut self, tag: u8) -> Result<bool, Desync> {
         match self.queue.front() {
             Some(Expect::Parse { hidden, .. }) => {
                 let forward = !*hidden;
                 self.queue.pop_front();
                 Ok(forward)
+            }
+            _ => Err(self.desync(tag)),
+        }
+    }
+
+    fn complete_close(&mut self, tag: u8) -> Result<bool, Desync> {
+        match self.queue.front() {
+            Some(Expect::Close) => {
+                self.queue.pop_front();
+                Ok(true)
+            }
+            Some(Expect::HiddenClose) => {
+                self.queue.pop_front();
+                Ok(false)
             }
             _ => Err(self.desync(tag)),
         }
@@ -165,7 +189,7 @@ impl Pipeline {
         }
     }
 
-    fn command_complete(&mut self, tag: u8, events: &mut Vec<Event>) -> Result<bool, Desync> {
+    fn command_complete(&mut self, tag: u8) -> Result<bool, Desync> {
         match self.queue.front_mut() {
             Some(Expect::Execute) => {
                 self.queue.pop_front();
@@ -174,7 +198,7 @@ impl Pipeline {
             Some(Expect::Query(effect)) => {
                 let effect = std::mem::replace(effect, Effect::None);
                 if effect != Effect::None {
-                    events.push(Event::Completed(effect));
+                    self.completed = Some(effect);
                 }
                 Ok(true)
             }
@@ -182,12 +206,15 @@ impl Pipeline {
         }
     }
 
-    fn ready(&mut self, frame: &[u8]) -> Result<bool, Desync> {
+    fn ready(&mut self, frame: &[u8], events: &mut Vec<Event>) -> Result<bool, Desync> {
         let status = message::ready_status(frame).map_err(|_| self.desync(b'Z'))?;
         match self.queue.front() {
             Some(Expect::Sync | Expect::Query(_)) => {
                 self.queue.pop_front();
                 self.status = Some(status);
+                if let Some(effect) = self.completed.take() {
+                    events.push(Event::Completed { effect, status });
+                }
                 Ok(true)
             }
             _ => Err(self.desync(b'Z')),
@@ -200,6 +227,7 @@ impl Pipeline {
             if let Some(Expect::Query(effect)) = self.queue.front_mut() {
                 *effect = Effect::None;
             }
+            self.completed = None;
             return;
         }
 
@@ -284,7 +312,13 @@ mod tests {
 
         p.on_backend(&frame(b'C', b"DISCARD ALL\0"), &mut ev)
             .expect("fits");
-        assert_eq!(ev, vec![Event::Completed(Effect::DiscardAll)]);
+        assert!(ev.is_empty(), "reported only with the transaction status");
+        p.on_backend(&frame(b'Z', b"I"), &mut ev).expect("fits");
+        let done = Event::Completed {
+            effect: Effect::DiscardAll,
+            status: b'I',
+        };
+        assert_eq!(ev, vec![done]);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct SyncFailure {
     pub item: Option<(ItemKind, String)>,
     /// SQLSTATE and message from the server.
     pub error: String,
+    /// The failed statement was undoing a previous client's item.
+    pub undo: bool,
 }
 
 /// What one sync statement is for.
@@ -42,7 +44,25 @@ enum Purpose {
 }
 
 /// Applies `reported` and `items` to `conn`. Returns items the server refused.
+///
+/// If something a previous client left cannot be undone, the connection is reset to its
+/// login state with `DISCARD ALL` and the client's state applied from scratch.
 pub async fn sync_to(
+    conn: &mut BackendConn,
+    reported: &HashMap<String, String>,
+    items: &SessionItems,
+) -> Result<Vec<SyncFailure>, BackendIoError> {
+    let failures = run_plan(conn, reported, items).await?;
+    if !failures.iter().any(|f| f.undo) {
+        return Ok(failures);
+    }
+
+    tracing::warn!(backend = conn.id, "could not undo a previous client's state; resetting");
+    reset(conn).await?;
+    run_plan(conn, reported, items).await
+}
+
+async fn run_plan(
     conn: &mut BackendConn,
     reported: &HashMap<String, String>,
     items: &SessionItems,
@@ -98,10 +118,17 @@ fn plan(
 }
 
 fn undo_sql((kind, name): &(ItemKind, String)) -> String {
+    let name = quote_ident(name);
     match kind {
         ItemKind::Setting => format!("RESET {name}"),
         ItemKind::Prepared => format!("DEALLOCATE {name}"),
     }
+}
+
+/// A double-quoted identifier. Item names are stored as PostgreSQL folded them (unquoted
+/// names in lower case), so quoting never changes which object is meant.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn record(
@@ -112,10 +139,19 @@ fn record(
 ) {
     match (purpose, error) {
         (Purpose::Parameter, None) => {}
-        (Purpose::Parameter, Some(error)) => failures.push(SyncFailure { item: None, error }),
-        (Purpose::Undo(key), _) => {
+        (Purpose::Parameter, Some(error)) => failures.push(SyncFailure {
+            item: None,
+            error,
+            undo: false,
+        }),
+        (Purpose::Undo(key), None) => {
             conn.items.remove(&key);
         }
+        (Purpose::Undo(key), Some(error)) => failures.push(SyncFailure {
+            item: Some(key),
+            error,
+            undo: true,
+        }),
         (Purpose::Apply(key, sql), None) => {
             conn.items.insert(key, sql);
         }
@@ -124,6 +160,7 @@ fn record(
             failures.push(SyncFailure {
                 item: Some(key),
                 error,
+                undo: false,
             });
         }
     }
@@ -170,6 +207,7 @@ pub async fn reset(conn: &mut BackendConn) -> Result<(), BackendIoError> {
 
     conn.items.clear();
     conn.prepared.clear();
+    conn.unnamed = None;
     Ok(())
 }
 

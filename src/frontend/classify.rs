@@ -39,6 +39,20 @@ pub enum Effect {
     DiscardAll,
 }
 
+impl Effect {
+    /// Whether a ROLLBACK of the enclosing transaction block undoes this effect. `PREPARE`
+    /// and `DEALLOCATE` are not transactional in PostgreSQL; settings are.
+    pub fn is_transactional(&self) -> bool {
+        match self {
+            Self::SetItem { kind, .. } | Self::ResetItem { kind, .. } => {
+                *kind == ItemKind::Setting
+            }
+            Self::ResetAll => true,
+            _ => false,
+        }
+    }
+}
+
 /// Parameters PostgreSQL reports with `ParameterStatus`; a `SET` of these needs no replay.
 const REPORTED: &[&str] = &[
     "application_name",
@@ -116,6 +130,7 @@ fn classify_one(s: &Statement<'_>) -> Effect {
         "discard" if w(1) == "all" => Effect::DiscardAll,
         "discard" if w(1) == "temp" || w(1) == "temporary" => Effect::None,
         "listen" => Effect::Pin("LISTEN"),
+        "do" => Effect::Pin("DO block"),
         "load" => Effect::Pin("LOAD"),
         "declare" if s.words.iter().any(|t| t == "hold") => Effect::Pin("WITH HOLD cursor"),
         "create" if has_temp(&s.words) => Effect::Pin("temporary object"),
@@ -149,7 +164,7 @@ fn classify_set<'w>(s: &Statement<'_>, w: &impl Fn(usize) -> &'w str) -> Effect 
     }
     Effect::SetItem {
         kind: ItemKind::Setting,
-        name: name.to_owned(),
+        name: name.to_ascii_lowercase(),
         sql: s.text.trim().to_owned(),
     }
 }
@@ -163,7 +178,7 @@ fn classify_reset<'w>(w: &impl Fn(usize) -> &'w str) -> Effect {
         name if is_reported(name) || name.is_empty() => Effect::None,
         name => Effect::ResetItem {
             kind: ItemKind::Setting,
-            name: name.to_owned(),
+            name: name.to_ascii_lowercase(),
         },
     }
 }

@@ -120,8 +120,10 @@ async fn client_state(
 
     Ok(ClientState {
         reported,
+        startup: items.clone(),
         items,
         statements: HashMap::new(),
+        unnamed: None,
     })
 }
 

@@ -10,42 +10,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
+use bytes::BytesMut;
 
 use super::classify::{self, Effect};
 use crate::backend::BackendConn;
 use crate::backend::pipeline::{Expect, Pipeline};
+pub use crate::backend::statement::Statement;
 use crate::protocol::message::{self, BodyError};
-
-/// A client's named statement, as the backend knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Statement {
-    /// Proxy-unique name on every backend.
-    pub proxy_name: String,
-    /// SQL text.
-    pub query: Bytes,
-    /// Parameter count and type OIDs, as sent.
-    pub param_types: Bytes,
-}
-
-impl Statement {
-    /// Names a statement by a digest of its text and parameter types.
-    pub fn new(query: &[u8], param_types: &[u8]) -> Self {
-        let mut hash = Sha256::new();
-        hash.update(query);
-        hash.update([0]);
-        hash.update(param_types);
-        let digest = hash.finalize();
-        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-
-        Self {
-            proxy_name: format!("pgt_{hex}"),
-            query: Bytes::copy_from_slice(query),
-            param_types: Bytes::copy_from_slice(param_types),
-        }
-    }
-}
 
 /// Client statement name → statement.
 pub type Statements = HashMap<Vec<u8>, Arc<Statement>>;
@@ -69,6 +40,8 @@ pub struct Relay<'a> {
     pub pipeline: &'a mut Pipeline,
     /// The client's named statements.
     pub statements: &'a mut Statements,
+    /// The client's unnamed statement, if it has one.
+    pub unnamed: &'a mut Option<Arc<Statement>>,
     /// Bytes for the backend.
     pub to_backend: &'a mut BytesMut,
     /// Bytes for the client (synthesized answers).
@@ -104,6 +77,11 @@ impl Relay<'_> {
 
     fn query(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let text = message::query_text(frame)?;
+
+        // A simple query destroys the unnamed statement, on the client's side as on ours.
+        *self.unnamed = None;
+        self.conn.unnamed = None;
+
         let effect = classify::classify_query(&String::from_utf8_lossy(text));
 
         match effect {
@@ -123,6 +101,10 @@ impl Relay<'_> {
         };
 
         if parse.name.is_empty() {
+            let statement = Arc::new(Statement::unnamed(parse.query, parse.param_types));
+            *self.unnamed = Some(statement.clone());
+            self.conn.unnamed = Some(statement);
+
             let expect = Expect::Parse {
                 name: None,
                 hidden: false,
@@ -171,10 +153,44 @@ impl Relay<'_> {
         Some(statement)
     }
 
+    /// Makes the backend's unnamed statement the client's own: a statement parsed in an
+    /// earlier transaction may have run on another backend, or this backend may hold
+    /// another client's.
+    fn ensure_unnamed(&mut self) {
+        let same = match (&*self.unnamed, &self.conn.unnamed) {
+            (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+
+        match self.unnamed.clone() {
+            Some(statement) => {
+                message::put_parse(self.to_backend, b"", &statement.query, &statement.param_types);
+                let expect = Expect::Parse {
+                    name: None,
+                    hidden: true,
+                };
+                self.pipeline.push(expect, self.to_client);
+                self.conn.unnamed = Some(statement);
+            }
+            None => {
+                message::put_target(self.to_backend, b'C', b'S', b"");
+                self.pipeline.push(Expect::HiddenClose, self.to_client);
+                self.conn.unnamed = None;
+            }
+        }
+    }
+
     fn bind(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let bind = message::bind(frame)?;
         let statement = match bind.statement {
-            [] => None,
+            [] => {
+                self.ensure_unnamed();
+                None
+            }
             name => self.ensure(name),
         };
 
@@ -192,7 +208,11 @@ impl Relay<'_> {
     fn describe(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let target = message::target(frame)?;
         let statement = match (target.kind, target.name) {
-            (b'S', name) if !name.is_empty() => self.ensure(name),
+            (b'S', []) => {
+                self.ensure_unnamed();
+                None
+            }
+            (b'S', name) => self.ensure(name),
             _ => None,
         };
 
@@ -215,20 +235,5 @@ impl Relay<'_> {
             return Ok(Flow::Continue);
         }
         Ok(self.forward(frame, Some(Expect::Close)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_sql_and_types_give_same_proxy_name() {
-        let a = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
-        let b = Statement::new(b"select $1", b"\0\x01\0\0\0\x17");
-        let c = Statement::new(b"select $1", b"\0\x01\0\0\0\x19");
-        assert_eq!(a.proxy_name, b.proxy_name);
-        assert_ne!(a.proxy_name, c.proxy_name);
-        assert!(a.proxy_name.len() < 64);
     }
 }

@@ -14,7 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::classify::Effect;
-use super::relay::{Flow, Relay, Statements};
+use super::relay::{Flow, Relay, Statement, Statements};
 use super::stream::ClientStream;
 use crate::backend::conn::{BackendIoError, ItemKind, SessionItems};
 use crate::backend::pipeline::{Event, Pipeline};
@@ -37,8 +37,12 @@ pub struct ClientState {
     pub reported: HashMap<String, String>,
     /// Settings and SQL prepared statements to replay.
     pub items: SessionItems,
+    /// Settings given at login: what `RESET` and `DISCARD ALL` return to.
+    pub startup: SessionItems,
     /// Protocol-level named statements.
     pub statements: Statements,
+    /// The unnamed statement from the client's last `Parse`, until a simple query.
+    pub unnamed: Option<Arc<Statement>>,
 }
 
 /// Why a session ended abnormally.
@@ -350,6 +354,7 @@ impl Session {
                 conn: &mut lease.conn,
                 pipeline,
                 statements: &mut self.state.statements,
+                unnamed: &mut self.state.unnamed,
                 to_backend,
                 to_client: &mut self.wbuf,
             };
@@ -437,12 +442,18 @@ impl Session {
     }
 
     fn apply_event(&mut self, event: Event, lease: &mut Lease) {
-        let conn = &mut lease.conn;
         match event {
             Event::ParseFailed(name) => {
-                conn.prepared.remove(&name);
+                lease.conn.prepared.remove(&name);
             }
-            Event::Completed(effect) => apply_effect(effect, &mut self.state, conn),
+            Event::Completed { effect, status } => {
+                if status != b'I' && effect.is_transactional() {
+                    // A ROLLBACK could still undo it; only this backend knows the outcome.
+                    self.pin("session setting changed inside a transaction block");
+                    return;
+                }
+                apply_effect(effect, &mut self.state, &mut lease.conn);
+            }
         }
     }
 
@@ -535,12 +546,17 @@ fn apply_effect(effect: Effect, state: &mut ClientState, conn: &mut crate::backe
             conn.items.insert((kind, name), sql);
         }
         Effect::ResetItem { kind, name } => {
-            state.items.remove(&(kind, name.clone()));
-            conn.items.remove(&(kind, name));
+            let key = (kind, name);
+            conn.items.remove(&key);
+            match state.startup.get(&key) {
+                Some(sql) => state.items.insert(key, sql.clone()),
+                None => state.items.remove(&key),
+            };
         }
         Effect::ResetAll => {
             state.items.retain(|(k, _), _| *k != ItemKind::Setting);
             conn.items.retain(|(k, _), _| *k != ItemKind::Setting);
+            state.items.extend(state.startup.clone());
         }
         Effect::DeallocateAll => {
             state.items.retain(|(k, _), _| *k != ItemKind::Prepared);
@@ -549,7 +565,9 @@ fn apply_effect(effect: Effect, state: &mut ClientState, conn: &mut crate::backe
             conn.prepared.clear();
         }
         Effect::DiscardAll => {
-            state.items.clear();
+            state.unnamed = None;
+            conn.unnamed = None;
+            state.items = state.startup.clone();
             conn.items.clear();
             state.statements.clear();
             conn.prepared.clear();
