@@ -76,6 +76,8 @@ pub struct Desync {
 pub struct Pipeline {
     queue: VecDeque<Expect>,
     open_batch: bool,
+    /// The backend is in COPY FROM STDIN: it ignores `Sync` until `CopyDone`/`CopyFail`.
+    copy_in: bool,
     /// The effect of the current simple query, once its `CommandComplete` arrived.
     completed: Option<Effect>,
     /// Status byte of the last `ReadyForQuery`.
@@ -98,6 +100,16 @@ impl Pipeline {
         self.open_batch = true;
     }
 
+    /// Whether a client `Sync` now would be read by the backend inside COPY FROM STDIN.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy_in
+    }
+
+    /// The client sent `CopyDone` or `CopyFail`: the next `Sync` earns a `ReadyForQuery`.
+    pub fn copy_in_ended(&mut self) {
+        self.copy_in = false;
+    }
+
     /// True when the backend owes nothing and no extended batch is open.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && !self.open_batch
@@ -117,10 +129,15 @@ impl Pipeline {
             b'C' | b'I' => self.command_complete(tag),
             b'Z' => self.ready(frame, events),
             b'E' => {
+                self.copy_in = false;
                 self.error(events);
                 Ok(true)
             }
-            b't' | b'D' | b'G' | b'H' | b'W' | b'd' | b'c' | b'N' | b'A' | b'S' | b'V' => Ok(true),
+            b'G' => {
+                self.start_copy_in();
+                Ok(true)
+            }
+            b't' | b'D' | b'H' | b'W' | b'd' | b'c' | b'N' | b'A' | b'S' | b'V' => Ok(true),
             _ => Err(self.desync(tag)),
         }
     }
@@ -135,6 +152,18 @@ impl Pipeline {
             }
             self.queue.pop_front();
         }
+    }
+
+    /// `CopyInResponse`: `Sync`s queued behind the COPY's `Execute` reach the backend in copy
+    /// mode and earn nothing (clients send `CopyDone` only after seeing this message).
+    fn start_copy_in(&mut self) {
+        self.copy_in = true;
+        let mut first = true;
+        self.queue.retain(|e| {
+            let keep = first || *e != Expect::Sync;
+            first = false;
+            keep
+        });
     }
 
     fn desync(&self, tag: u8) -> Desync {

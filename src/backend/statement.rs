@@ -44,7 +44,6 @@ impl Statement {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,7 +57,10 @@ pub async fn sync_to(
         return Ok(failures);
     }
 
-    tracing::warn!(backend = conn.id, "could not undo a previous client's state; resetting");
+    tracing::warn!(
+        backend = conn.id,
+        "could not undo a previous client's state; resetting"
+    );
     reset(conn).await?;
     run_plan(conn, reported, items).await
 }

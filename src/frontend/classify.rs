@@ -44,9 +44,7 @@ impl Effect {
     /// and `DEALLOCATE` are not transactional in PostgreSQL; settings are.
     pub fn is_transactional(&self) -> bool {
         match self {
-            Self::SetItem { kind, .. } | Self::ResetItem { kind, .. } => {
-                *kind == ItemKind::Setting
-            }
+            Self::SetItem { kind, .. } | Self::ResetItem { kind, .. } => *kind == ItemKind::Setting,
             Self::ResetAll => true,
             _ => false,
         }

@@ -59,9 +59,17 @@ impl Relay<'_> {
             b'D' => self.describe(frame),
             b'C' => self.close(frame),
             b'E' => Ok(self.forward(frame, Some(Expect::Execute))),
+            b'S' if self.pipeline.in_copy_in() => {
+                self.pipeline.touch_batch();
+                Ok(self.forward(frame, None))
+            }
             b'S' => Ok(self.forward(frame, Some(Expect::Sync))),
+            b'c' | b'f' => {
+                self.pipeline.copy_in_ended();
+                Ok(self.forward(frame, None))
+            }
             b'F' => Ok(self.forward(frame, Some(Expect::Query(Effect::None)))),
-            b'H' | b'd' | b'c' | b'f' => Ok(self.forward(frame, None)),
+            b'H' | b'd' => Ok(self.forward(frame, None)),
             b'X' => Ok(Flow::Terminate),
             _ => Err(BodyError { tag: tag as char }),
         }
@@ -168,7 +176,12 @@ impl Relay<'_> {
 
         match self.unnamed.clone() {
             Some(statement) => {
-                message::put_parse(self.to_backend, b"", &statement.query, &statement.param_types);
+                message::put_parse(
+                    self.to_backend,
+                    b"",
+                    &statement.query,
+                    &statement.param_types,
+                );
                 let expect = Expect::Parse {
                     name: None,
                     hidden: true,

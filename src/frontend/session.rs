@@ -22,7 +22,7 @@ use crate::backend::sync;
 use crate::cancel::{CancelSlot, send_cancel};
 use crate::config::PoolMode;
 use crate::metrics as m;
-use crate::pool::{Lease, TenantPool};
+use crate::pool::{Lease, PoolError, TenantPool};
 use crate::protocol::frame::next_frame;
 use crate::protocol::{ClientError, ErrorKind, message, sqlstate};
 use crate::server::Shared;
@@ -200,7 +200,12 @@ impl Session {
     /// told to wait longer (an ERROR was sent and its request dropped).
     async fn acquire(&mut self) -> Result<Option<Lease>, SessionError> {
         let wait = self.shared.config().proxy.query_wait_timeout;
-        let mut lease = match self.pool.acquire(wait).await {
+        let mut acquired = self.pool.acquire(wait).await;
+        if let Err(PoolError::Closed(_)) = acquired {
+            self.follow_reload().await?;
+            acquired = self.pool.acquire(wait).await;
+        }
+        let mut lease = match acquired {
             Ok(lease) => lease,
             Err(error) => {
                 let err = error.to_client();
@@ -224,6 +229,27 @@ impl Session {
 
         self.cancel.set(Some(lease.conn.key));
         Ok(Some(lease))
+    }
+
+    /// A reload retired this session's pool: move to the tenant's current pool, or end the
+    /// session when the tenant is no longer served (or the proxy is stopping).
+    async fn follow_reload(&mut self) -> Result<(), SessionError> {
+        let config = self.shared.config();
+        let stopping = *self.shared.shutdown.borrow();
+        if let Some(tenant) = config.tenants.get(&self.pool.tenant.name)
+            && !stopping
+        {
+            self.pool = self.shared.pools.for_tenant(tenant, &config.backend);
+            return Ok(());
+        }
+
+        let err = ClientError::fatal(
+            ErrorKind::Config,
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection because the tenant is no longer served",
+        );
+        self.send_error(&err).await;
+        Err(SessionError::Fatal(err))
     }
 
     /// Items PostgreSQL refused to recreate are dropped and the client is warned.
