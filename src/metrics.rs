@@ -5,10 +5,10 @@
 //! [`ErrorKind`]. No metric is labelled by client address or query text.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 
 use crate::protocol::ErrorKind;
@@ -62,14 +62,31 @@ pub fn install_exporter(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// A client logged in.
-pub fn client_connected(tenant: &str) {
-    gauge!(CLIENTS, "tenant" => tenant.to_owned()).increment(1.0);
+/// Handles of the per-tenant metrics, resolved once per pool so the data path records
+/// without building labels.
+#[derive(Debug, Clone)]
+pub struct TenantMetrics {
+    /// Logged-in clients.
+    pub clients: Gauge,
+    /// Open backend connections.
+    pub backends: Gauge,
+    /// Transactions relayed.
+    pub transactions: Counter,
+    /// Time waited for a backend.
+    pub wait: Histogram,
 }
 
-/// A client left.
-pub fn client_disconnected(tenant: &str) {
-    gauge!(CLIENTS, "tenant" => tenant.to_owned()).decrement(1.0);
+impl TenantMetrics {
+    /// Handles for `tenant`.
+    pub fn new(tenant: &str) -> Self {
+        let label = || ("tenant", tenant.to_owned());
+        Self {
+            clients: gauge!(CLIENTS, &[label()]),
+            backends: gauge!(BACKENDS, &[label()]),
+            transactions: counter!(TRANSACTIONS, &[label()]),
+            wait: histogram!(POOL_WAIT, &[label()]),
+        }
+    }
 }
 
 /// A client became pinned (`+1`) or a pinned client left (`-1`).
@@ -77,29 +94,9 @@ pub fn pinned(delta: f64) {
     gauge!(PINNED).increment(delta);
 }
 
-/// A backend connection opened.
-pub fn backend_opened(tenant: &str) {
-    gauge!(BACKENDS, "tenant" => tenant.to_owned()).increment(1.0);
-}
-
-/// A backend connection closed.
-pub fn backend_closed(tenant: &str) {
-    gauge!(BACKENDS, "tenant" => tenant.to_owned()).decrement(1.0);
-}
-
-/// A transaction finished on a backend.
-pub fn transaction(tenant: &str) {
-    counter!(TRANSACTIONS, "tenant" => tenant.to_owned()).increment(1);
-}
-
 /// The proxy raised an error of this kind.
 pub fn error(kind: ErrorKind) {
     counter!(ERRORS, "kind" => kind.as_str()).increment(1);
-}
-
-/// A client waited this long for a backend.
-pub fn pool_wait(tenant: &str, waited: Duration) {
-    histogram!(POOL_WAIT, "tenant" => tenant.to_owned()).record(waited.as_secs_f64());
 }
 
 /// A login finished with `result` (`ok`, `failed`).

@@ -67,6 +67,8 @@ pub struct BackendConn {
     pub items: SessionItems,
     /// Proxy-unique names of protocol-level statements prepared here.
     pub prepared: HashSet<String>,
+    /// Fingerprint of the client state this connection is known to be in, if any.
+    pub fingerprint: Option<u64>,
     /// Whose unnamed statement this backend holds (compared by identity).
     pub unnamed: Option<Arc<Statement>>,
     /// Last `ReadyForQuery` status (`I`, `T`, `E`).

@@ -107,6 +107,7 @@ fn new_conn(stream: TcpStream, addr: SocketAddr) -> BackendConn {
         items: BTreeMap::new(),
         prepared: HashSet::new(),
         unnamed: None,
+        fingerprint: None,
         status: b'I',
         created: now,
         idle_since: now,

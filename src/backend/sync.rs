@@ -211,6 +211,7 @@ pub async fn reset(conn: &mut BackendConn) -> Result<(), BackendIoError> {
     conn.items.clear();
     conn.prepared.clear();
     conn.unnamed = None;
+    conn.fingerprint = None;
     Ok(())
 }
 

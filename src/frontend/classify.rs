@@ -217,7 +217,28 @@ fn has_into_temp(words: &[String]) -> bool {
         .any(|p| p[0] == "into" && (p[1] == "temp" || p[1] == "temporary"))
 }
 
-/// Splits SQL into statements at top-level semicolons, collecting lower-case word tokens.
+/// Words kept from the start of each statement; enough for every keyword rule above.
+const LEADING_WORDS: usize = 6;
+
+/// Later words that still matter: session functions and the `WITH HOLD` / `INTO TEMP` markers.
+fn is_interesting(word: &str) -> bool {
+    let bare = word.rsplit('.').next().unwrap_or(word);
+    let starts_temp = |w: &str| {
+        w.get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("pg_temp"))
+    };
+    starts_temp(bare)
+        || starts_temp(word)
+        || SESSION_FUNCTIONS
+            .iter()
+            .any(|(f, _)| f.eq_ignore_ascii_case(bare))
+        || ["hold", "into", "temp", "temporary"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(bare))
+}
+
+/// Splits SQL into statements at top-level semicolons, collecting lower-case word tokens:
+/// the first few of each statement and any later one that can matter.
 fn split_statements(sql: &str) -> Vec<Statement<'_>> {
     let mut lexer = Lexer {
         sql,
@@ -234,8 +255,11 @@ fn split_statements(sql: &str) -> Vec<Statement<'_>> {
                 push_statement(&mut out, &sql[start..lexer.pos - 1], &mut words);
                 start = lexer.pos;
             }
-            Token::Word(w) => words.push(w),
-            Token::Other => {}
+            Token::Word(w) if words.len() < LEADING_WORDS || is_interesting(w) => {
+                words.push(w.to_ascii_lowercase())
+            }
+            Token::Quoted(w) if words.len() < LEADING_WORDS => words.push(w.into_owned()),
+            Token::Word(_) | Token::Quoted(_) | Token::Other => {}
         }
     }
     push_statement(&mut out, &sql[start..], &mut words);
@@ -251,8 +275,11 @@ fn push_statement<'a>(out: &mut Vec<Statement<'a>>, text: &'a str, words: &mut V
     }
 }
 
-enum Token {
-    Word(String),
+enum Token<'a> {
+    /// An unquoted word, as written.
+    Word(&'a str),
+    /// A quoted identifier, case kept.
+    Quoted(std::borrow::Cow<'a, str>),
     Semicolon,
     Other,
 }
@@ -263,12 +290,12 @@ struct Lexer<'a> {
     pos: usize,
 }
 
-impl Lexer<'_> {
+impl<'a> Lexer<'a> {
     fn peek(&self, offset: usize) -> u8 {
         self.bytes.get(self.pos + offset).copied().unwrap_or(0)
     }
 
-    fn next_token(&mut self) -> Option<Token> {
+    fn next_token(&mut self) -> Option<Token<'a>> {
         loop {
             let c = *self.bytes.get(self.pos)?;
             match c {
@@ -344,12 +371,15 @@ impl Lexer<'_> {
         }
     }
 
-    fn quoted_identifier(&mut self) -> Token {
+    fn quoted_identifier(&mut self) -> Token<'a> {
         let start = self.pos + 1;
         self.skip_quoted(b'"', false);
         let end = self.pos.saturating_sub(1).max(start);
-        let name = self.sql.get(start..end).unwrap_or("").replace("\"\"", "\"");
-        Token::Word(name)
+        let name = self.sql.get(start..end).unwrap_or("");
+        if name.contains('"') {
+            return Token::Quoted(name.replace("\"\"", "\"").into());
+        }
+        Token::Quoted(name.into())
     }
 
     /// The `$tag$` opening at the current position, if it is one.
@@ -375,7 +405,7 @@ impl Lexer<'_> {
         }
     }
 
-    fn word(&mut self) -> Token {
+    fn word(&mut self) -> Token<'a> {
         let start = self.pos;
         let escape_string = matches!(self.peek(0), b'e' | b'E') && self.peek(1) == b'\'';
         if escape_string {
@@ -393,8 +423,7 @@ impl Lexer<'_> {
             }
             self.pos += 1;
         }
-        let word = self.sql.get(start..self.pos).unwrap_or("");
-        Token::Word(word.to_ascii_lowercase())
+        Token::Word(self.sql.get(start..self.pos).unwrap_or(""))
     }
 }
 

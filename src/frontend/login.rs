@@ -13,8 +13,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::auth::{self, AuthError};
-use super::session::{ClientState, Session};
+use super::session::Session;
 use super::startup::{NegotiateError, StartupRequest};
+use super::state::ClientState;
 use super::stream::ClientStream;
 use crate::backend::conn::{ItemKind, SessionItems};
 use crate::backend::sync::{self, SETTABLE, quote_literal};
@@ -118,13 +119,7 @@ async fn client_state(
         }
     };
 
-    Ok(ClientState {
-        reported,
-        startup: items.clone(),
-        items,
-        statements: HashMap::new(),
-        unnamed: None,
-    })
+    Ok(ClientState::new(reported, items))
 }
 
 /// Splits settings into reported parameters and session items. `search_path` is dropped:

@@ -11,4 +11,5 @@ pub mod relay;
 pub mod scram;
 pub mod session;
 pub mod startup;
+pub mod state;
 pub mod stream;

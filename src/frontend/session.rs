@@ -13,10 +13,10 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::classify::Effect;
-use super::relay::{Flow, Relay, Statement, Statements};
+use super::relay::{Flow, Relay};
+use super::state::ClientState;
 use super::stream::ClientStream;
-use crate::backend::conn::{BackendIoError, ItemKind, SessionItems};
+use crate::backend::conn::BackendIoError;
 use crate::backend::pipeline::{Event, Pipeline};
 use crate::backend::sync;
 use crate::cancel::{CancelSlot, send_cancel};
@@ -29,21 +29,6 @@ use crate::server::Shared;
 
 /// How long cleaning a backend after a client left may take before it is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the client expects any backend to look like.
-#[derive(Debug, Clone, Default)]
-pub struct ClientState {
-    /// Reported parameters, as the client last heard them.
-    pub reported: HashMap<String, String>,
-    /// Settings and SQL prepared statements to replay.
-    pub items: SessionItems,
-    /// Settings given at login: what `RESET` and `DISCARD ALL` return to.
-    pub startup: SessionItems,
-    /// Protocol-level named statements.
-    pub statements: Statements,
-    /// The unnamed statement from the client's last `Parse`, until a simple query.
-    pub unnamed: Option<Arc<Statement>>,
-}
 
 /// Why a session ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +101,7 @@ impl Session {
         pid: i32,
         cancel: Arc<CancelSlot>,
     ) -> Self {
-        m::client_connected(&pool.tenant.name);
+        pool.metrics.clients.increment(1.0);
         Self {
             shared,
             pool,
@@ -216,19 +201,39 @@ impl Session {
             }
         };
 
-        match sync::sync_to(&mut lease.conn, &self.state.reported, &self.state.items).await {
-            Ok(failures) => self.report_sync_failures(failures).await?,
-            Err(error) => {
-                tracing::warn!(%error, "backend failed while syncing parameters");
-                self.pool.discard(lease);
-                let err = backend_lost();
-                self.send_error(&err).await;
-                return Err(SessionError::Fatal(err));
-            }
+        if let Err(err) = self.sync_backend(&mut lease).await {
+            self.pool.discard(lease);
+            self.send_error(&err).await;
+            return Err(SessionError::Fatal(err));
         }
 
         self.cancel.set(Some(lease.conn.key));
         Ok(Some(lease))
+    }
+
+    /// Brings the backend in line with the client, unless it already is.
+    async fn sync_backend(&mut self, lease: &mut Lease) -> Result<(), ClientError> {
+        let fingerprint = self.state.fingerprint();
+        if lease.conn.fingerprint == Some(fingerprint) {
+            return Ok(());
+        }
+
+        let conn = &mut lease.conn;
+        match sync::sync_to(conn, &self.state.reported, &self.state.items).await {
+            Ok(failures) if failures.is_empty() => {
+                conn.fingerprint = Some(fingerprint);
+                Ok(())
+            }
+            Ok(failures) => {
+                conn.fingerprint = None;
+                self.report_sync_failures(failures);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "backend failed while syncing parameters");
+                Err(backend_lost())
+            }
+        }
     }
 
     /// A reload retired this session's pool: move to the tenant's current pool, or end the
@@ -253,14 +258,11 @@ impl Session {
     }
 
     /// Items PostgreSQL refused to recreate are dropped and the client is warned.
-    async fn report_sync_failures(
-        &mut self,
-        failures: Vec<sync::SyncFailure>,
-    ) -> Result<(), SessionError> {
+    fn report_sync_failures(&mut self, failures: Vec<sync::SyncFailure>) {
         for failure in failures {
             tracing::warn!(error = %failure.error, "could not restore session state on backend");
             if let Some(key) = failure.item {
-                self.state.items.remove(&key);
+                self.state.forget_item(&key);
             }
             let text = format!(
                 "pgtenant could not restore a session setting: {}",
@@ -272,7 +274,6 @@ impl Session {
                 &text,
             );
         }
-        Ok(())
     }
 
     /// Answers the pending request with an ERROR: a simple query gets the error and
@@ -449,7 +450,7 @@ impl Session {
             b'S' => {
                 if let Ok((name, value)) = message::parameter_status(frame) {
                     reported.insert(name.clone(), value.clone());
-                    self.state.reported.insert(name, value);
+                    self.state.note_parameter(name, value);
                 }
             }
             b'E' => {
@@ -478,7 +479,7 @@ impl Session {
                     self.pin("session setting changed inside a transaction block");
                     return;
                 }
-                apply_effect(effect, &mut self.state, &mut lease.conn);
+                self.state.apply(effect, &mut lease.conn);
             }
         }
     }
@@ -492,8 +493,14 @@ impl Session {
 
     fn release(&mut self, mut lease: Lease) {
         self.cancel.set(None);
+
+        // Changes during the transaction reached both sides, so the backend is in this
+        // client's state, unless a RESET left it at the server default while the client
+        // returns to its startup value.
+        let in_step = lease.conn.items == self.state.items;
+        lease.conn.fingerprint = in_step.then(|| self.state.fingerprint());
         self.stats.transactions += 1;
-        m::transaction(&self.pool.tenant.name);
+        self.pool.metrics.transactions.increment(1);
         lease.conn.status = b'I';
         self.pool.release(lease);
     }
@@ -551,7 +558,7 @@ impl Session {
             m::pinned(-1.0);
         }
         self.shared.cancels.unregister(self.pid);
-        m::client_disconnected(&self.pool.tenant.name);
+        self.pool.metrics.clients.decrement(1.0);
         let _ = self.client.shutdown().await;
     }
 }
@@ -562,42 +569,4 @@ fn backend_lost() -> ClientError {
         sqlstate::CONNECTION_FAILURE,
         "the connection to PostgreSQL was lost; the current transaction was rolled back",
     )
-}
-
-/// Applies a completed statement's session effect to both the client and the backend.
-fn apply_effect(effect: Effect, state: &mut ClientState, conn: &mut crate::backend::BackendConn) {
-    match effect {
-        Effect::SetItem { kind, name, sql } => {
-            state.items.insert((kind, name.clone()), sql.clone());
-            conn.items.insert((kind, name), sql);
-        }
-        Effect::ResetItem { kind, name } => {
-            let key = (kind, name);
-            conn.items.remove(&key);
-            match state.startup.get(&key) {
-                Some(sql) => state.items.insert(key, sql.clone()),
-                None => state.items.remove(&key),
-            };
-        }
-        Effect::ResetAll => {
-            state.items.retain(|(k, _), _| *k != ItemKind::Setting);
-            conn.items.retain(|(k, _), _| *k != ItemKind::Setting);
-            state.items.extend(state.startup.clone());
-        }
-        Effect::DeallocateAll => {
-            state.items.retain(|(k, _), _| *k != ItemKind::Prepared);
-            conn.items.retain(|(k, _), _| *k != ItemKind::Prepared);
-            state.statements.clear();
-            conn.prepared.clear();
-        }
-        Effect::DiscardAll => {
-            state.unnamed = None;
-            conn.unnamed = None;
-            state.items = state.startup.clone();
-            conn.items.clear();
-            state.statements.clear();
-            conn.prepared.clear();
-        }
-        Effect::None | Effect::Pin(_) => {}
-    }
 }

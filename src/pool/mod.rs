@@ -99,12 +99,15 @@ pub struct TenantPool {
     waiting: AtomicUsize,
     closed: AtomicBool,
     defaults: OnceLock<HashMap<String, String>>,
+    /// Metric handles labelled with this tenant.
+    pub metrics: m::TenantMetrics,
     login_params: Mutex<LoginParamCache>,
 }
 
 impl TenantPool {
     /// An empty pool; connections open on demand.
     pub fn new(tenant: Arc<Tenant>, settings: BackendSettings) -> Self {
+        let name = tenant.name.clone();
         Self {
             permits: Arc::new(Semaphore::new(tenant.pool_size)),
             tenant,
@@ -113,6 +116,7 @@ impl TenantPool {
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             defaults: OnceLock::new(),
+            metrics: m::TenantMetrics::new(&name),
             login_params: Mutex::new(HashMap::new()),
         }
     }
@@ -121,7 +125,7 @@ impl TenantPool {
     pub async fn acquire(&self, wait: Duration) -> Result<Lease, PoolError> {
         let started = Instant::now();
         let permit = self.wait_for_permit(wait).await?;
-        m::pool_wait(&self.tenant.name, started.elapsed());
+        self.metrics.wait.record(started.elapsed().as_secs_f64());
 
         if let Some(conn) = self.take_idle() {
             return Ok(Lease {
@@ -132,7 +136,7 @@ impl TenantPool {
 
         let conn = connect(&self.settings, &self.tenant).await?;
         self.defaults.get_or_init(|| conn.reported.clone());
-        m::backend_opened(&self.tenant.name);
+        self.metrics.backends.increment(1.0);
         tracing::debug!(tenant = %self.tenant.name, backend = conn.id, pid = conn.key.pid, "backend connection opened");
         Ok(Lease {
             conn,
@@ -143,6 +147,11 @@ impl TenantPool {
     async fn wait_for_permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PoolError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PoolError::Closed(self.tenant.name.clone()));
+        }
+
+        // The common case, a free connection, needs no timer.
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
         }
 
         self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +178,7 @@ impl TenantPool {
             if conn.looks_healthy() {
                 return Some(conn);
             }
-            m::backend_closed(&self.tenant.name);
+            self.metrics.backends.decrement(1.0);
             tracing::debug!(
                 backend = conn.id,
                 "idle backend connection went away; discarded"
@@ -181,7 +190,7 @@ impl TenantPool {
     pub fn release(&self, lease: Lease) {
         let Lease { mut conn, _permit } = lease;
         if self.closed.load(Ordering::Acquire) {
-            m::backend_closed(&self.tenant.name);
+            self.metrics.backends.decrement(1.0);
             return;
         }
 
@@ -194,7 +203,7 @@ impl TenantPool {
     /// Drops a connection that cannot be reused.
     pub fn discard(&self, lease: Lease) {
         tracing::debug!(tenant = %self.tenant.name, backend = lease.conn.id, "backend connection discarded");
-        m::backend_closed(&self.tenant.name);
+        self.metrics.backends.decrement(1.0);
         drop(lease);
     }
 
@@ -207,7 +216,7 @@ impl TenantPool {
         let before = idle.len();
         idle.retain(|c| c.idle_since.elapsed() < limit);
         for _ in idle.len()..before {
-            m::backend_closed(&self.tenant.name);
+            self.metrics.backends.decrement(1.0);
         }
     }
 
@@ -217,7 +226,7 @@ impl TenantPool {
         self.permits.close();
         if let Ok(mut idle) = self.idle.lock() {
             for _ in idle.drain(..) {
-                m::backend_closed(&self.tenant.name);
+                self.metrics.backends.decrement(1.0);
             }
         }
     }
