@@ -199,6 +199,7 @@ def start_dev(children: Children, args, workdir: Path) -> Dev:
         "--listen", f"{LOOPBACK}:{proxy_port}",
         "--tenants", TENANT,
         "--pool-size", str(args.pool_size),
+        "--worker-threads", str(args.worker_threads),
     ]
     log(f"starting: {' '.join(argv)}")
     stderr_log = open(workdir / "pgtenant-dev.log", "w", encoding="utf-8")
@@ -665,6 +666,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--pool-size", type=int, default=16,
                    help="backend connections for pgtenant's tenant and PgBouncer's pool")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
+    p.add_argument("--worker-threads", type=int, default=1,
+                   help="pgtenant session threads (pgtenant's default 1; 0: one per CPU)")
     p.add_argument("--tls-clients", type=int, default=8,
                    help="client count of the TLS rows (pgtenant and PgBouncer); 0 skips them")
     p.add_argument("--warmup", type=int, default=5, help="seconds of unrecorded warm-up")

@@ -2,6 +2,8 @@
 //! the client's transaction runs, its slot names the backend serving it, so a cancel reaches
 //! that backend and no other. A cancel for a client with no backend does nothing.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -13,21 +15,41 @@ use tokio::net::TcpStream;
 use crate::backend::BackendKey;
 
 /// Where a client's cancel should go right now.
+///
+/// Set and cleared on every transaction, so the backend's pid and secret live in one atomic
+/// word (zero: no backend); the server address changes only if the backend server does.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    backend: Mutex<Option<BackendKey>>,
+    ids: AtomicU64,
+    addr: Mutex<Option<SocketAddr>>,
 }
 
 impl CancelSlot {
     /// Records the backend now serving the client (`None` when released).
     pub fn set(&self, key: Option<BackendKey>) {
-        if let Ok(mut slot) = self.backend.lock() {
-            *slot = key;
+        let Some(key) = key else {
+            self.ids.store(0, Ordering::Release);
+            return;
+        };
+
+        if let Ok(mut addr) = self.addr.lock()
+            && *addr != Some(key.addr)
+        {
+            *addr = Some(key.addr);
         }
+        let ids = (u64::from(key.pid as u32) << 32) | u64::from(key.secret as u32);
+        self.ids.store(ids, Ordering::Release);
     }
 
     fn get(&self) -> Option<BackendKey> {
-        self.backend.lock().ok().and_then(|slot| *slot)
+        let ids = self.ids.load(Ordering::Acquire);
+        let addr = (*self.addr.lock().ok()?)?;
+        let key = BackendKey {
+            addr,
+            pid: (ids >> 32) as u32 as i32,
+            secret: ids as u32 as i32,
+        };
+        (ids != 0).then_some(key)
     }
 }
 

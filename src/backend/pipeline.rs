@@ -95,6 +95,15 @@ impl Pipeline {
         self.release_fakes(out);
     }
 
+    /// Empties the pipeline for a new binding, keeping its allocation.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.open_batch = false;
+        self.copy_in = false;
+        self.completed = None;
+        self.status = None;
+    }
+
     /// Marks an extended-protocol message that earns no response (`Flush`, COPY data).
     pub fn touch_batch(&mut self) {
         self.open_batch = true;

@@ -26,7 +26,7 @@ pub struct DevArgs {
     #[arg(long, default_value = "transaction")]
     pub pool_mode: String,
     /// Threads that run sessions; `0` means one per CPU.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 1)]
     pub worker_threads: usize,
 }
 

@@ -77,12 +77,18 @@ fn init_logging() {
         .try_init();
 }
 
-/// A multi-threaded runtime with `workers` threads (`0`: one per CPU).
+/// The runtime sessions run on: `workers` threads (`0`: one per CPU). One worker means a
+/// single-threaded event loop, which spends no CPU handing tasks between threads.
 pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     builder
         .enable_all()
         .build()

@@ -49,7 +49,9 @@ pub struct ProxySection {
     pub shutdown_timeout: Duration,
     /// Address of the Prometheus endpoint; none when absent. Needs a restart.
     pub metrics_listen: Option<String>,
-    /// Threads that run sessions; `0` means one per CPU. Default `0`. Needs a restart.
+    /// Threads that run sessions. Default `1`: one event loop, like PgBouncer, which costs
+    /// the least CPU per transaction; `0` means one per CPU for machines where the proxy has
+    /// cores of its own. Needs a restart.
     pub worker_threads: usize,
 }
 
@@ -69,7 +71,7 @@ impl Default for ProxySection {
             query_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             metrics_listen: None,
-            worker_threads: 0,
+            worker_threads: 1,
         }
     }
 }

@@ -222,7 +222,14 @@ const LEADING_WORDS: usize = 6;
 
 /// Later words that still matter: session functions and the `WITH HOLD` / `INTO TEMP` markers.
 fn is_interesting(word: &str) -> bool {
-    let bare = word.rsplit('.').next().unwrap_or(word);
+    let bare = word.rfind('.').map_or(word, |dot| &word[dot + 1..]);
+
+    // Every interesting word starts with one of these letters; most words do not.
+    let first = bare.as_bytes().first().map(u8::to_ascii_lowercase);
+    let schema_pg = word.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("pg_"));
+    if !matches!(first, Some(b'p' | b's' | b'd' | b'h' | b'i' | b't')) && !schema_pg {
+        return false;
+    }
     let starts_temp = |w: &str| {
         w.get(..7)
             .is_some_and(|p| p.eq_ignore_ascii_case("pg_temp"))

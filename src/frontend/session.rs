@@ -36,7 +36,7 @@ pub enum SessionError {
     /// Client socket failure.
     #[error("client i/o: {0}")]
     Client(#[from] std::io::Error),
-    /// The client broke the protocol (FATAL sent).
+    /// The client broke the protocol (FATAL sent as the session ends).
     #[error("client protocol violation: {0}")]
     ClientProtocol(String),
     /// The backend failed mid-transaction (FATAL sent).
@@ -69,6 +69,20 @@ pub struct SessionStats {
     pub bytes_out: u64,
 }
 
+/// What went wrong while bound, deciding what happens to the backend.
+enum Fault {
+    /// The backend failed: it is discarded.
+    Backend(BackendIoError),
+    /// The client failed: the backend is cleaned as if the client had left.
+    Client(SessionError),
+}
+
+impl From<SessionError> for Fault {
+    fn from(error: SessionError) -> Self {
+        Self::Client(error)
+    }
+}
+
 /// How a bound phase ended.
 enum Unbind {
     /// Clean: lease goes back to the pool.
@@ -89,6 +103,8 @@ pub struct Session {
     cancel: Arc<CancelSlot>,
     pinned: Option<&'static str>,
     stats: SessionStats,
+    pipeline: Pipeline,
+    to_backend: BytesMut,
 }
 
 impl Session {
@@ -113,12 +129,18 @@ impl Session {
             cancel,
             pinned: None,
             stats: SessionStats::default(),
+            pipeline: Pipeline::default(),
+            to_backend: BytesMut::with_capacity(8 * 1024),
         }
     }
 
     /// Runs the session until the client leaves or a FATAL ends it.
     pub async fn run(mut self) -> Result<SessionStats, SessionError> {
         let result = self.main_loop().await;
+        if let Err(SessionError::ClientProtocol(message)) = &result {
+            let err = ClientError::protocol(message.clone());
+            self.send_error(&err).await;
+        }
         self.finish().await;
         result.map(|()| self.stats)
     }
@@ -322,44 +344,83 @@ impl Session {
         let _ = self.flush_client().await;
     }
 
-    /// Relays messages both ways until the lease can be released or the client leaves.
+    /// Relays messages both ways until the lease can be released or the client leaves, and
+    /// disposes of the lease accordingly.
     async fn bound(&mut self, mut lease: Lease) -> Result<Unbind, SessionError> {
-        let mut pipeline = Pipeline::default();
-        let mut to_backend = BytesMut::new();
+        // The pipeline's queue is reused from one transaction to the next.
+        let mut pipeline = std::mem::take(&mut self.pipeline);
+        pipeline.reset();
+        let outcome = self.relay_until_done(&mut lease, &mut pipeline).await;
+        let unbind = self.dispose(lease, &pipeline, outcome).await;
+        self.pipeline = pipeline;
+        unbind
+    }
 
-        loop {
-            let flow = self.relay_client(&mut lease, &mut pipeline, &mut to_backend)?;
-            if let Err(error) = lease.conn.send(&to_backend).await {
-                return Err(self.backend_failed(lease, error).await);
+    async fn dispose(
+        &mut self,
+        lease: Lease,
+        pipeline: &Pipeline,
+        outcome: Result<Unbind, Fault>,
+    ) -> Result<Unbind, SessionError> {
+        match outcome {
+            Ok(Unbind::Release) => {
+                self.release(lease);
+                Ok(Unbind::Release)
             }
+            Ok(Unbind::ClientGone) => {
+                self.leave(lease, pipeline).await;
+                Ok(Unbind::ClientGone)
+            }
+            Err(Fault::Backend(error)) => Err(self.backend_failed(lease, error).await),
+            Err(Fault::Client(error)) => {
+                self.leave(lease, pipeline).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn relay_until_done(
+        &mut self,
+        lease: &mut Lease,
+        pipeline: &mut Pipeline,
+    ) -> Result<Unbind, Fault> {
+        let mut to_backend = std::mem::take(&mut self.to_backend);
+        let outcome = self.relay_loop(lease, pipeline, &mut to_backend).await;
+        to_backend.clear();
+        self.to_backend = to_backend;
+        outcome
+    }
+
+    async fn relay_loop(
+        &mut self,
+        lease: &mut Lease,
+        pipeline: &mut Pipeline,
+        to_backend: &mut BytesMut,
+    ) -> Result<Unbind, Fault> {
+        loop {
+            let flow = self.relay_client(lease, pipeline, to_backend)?;
+            lease.conn.send(to_backend).await.map_err(Fault::Backend)?;
             to_backend.clear();
             self.flush_client().await?;
 
             if flow == Flow::Terminate {
-                self.leave(lease, &pipeline).await;
                 return Ok(Unbind::ClientGone);
             }
-            if self.may_release(&pipeline) {
-                self.release(lease);
+            if self.may_release(pipeline) {
                 return Ok(Unbind::Release);
             }
 
             tokio::select! {
                 n = self.client.read_buf(&mut self.rbuf) => {
-                    let n = n?;
+                    let n = n.map_err(SessionError::from)?;
                     if n == 0 {
-                        self.leave(lease, &pipeline).await;
                         return Ok(Unbind::ClientGone);
                     }
                     self.stats.bytes_in += n as u64;
                 }
                 filled = lease.conn.fill() => {
-                    if let Err(error) = filled {
-                        return Err(self.backend_failed(lease, error).await);
-                    }
-                    if let Err(error) = self.relay_backend(&mut lease, &mut pipeline) {
-                        return Err(self.backend_failed(lease, error).await);
-                    }
+                    filled.map_err(Fault::Backend)?;
+                    self.relay_backend(lease, pipeline).map_err(Fault::Backend)?;
                 }
             }
         }

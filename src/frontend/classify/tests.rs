@@ -136,3 +136,11 @@ fn garbage_never_panics() {
         let _ = classify_query(sql);
     }
 }
+
+#[test]
+fn late_session_functions_are_found_in_any_case() {
+    let sql = "SELECT a, b, c, d, e, f, g FROM t WHERE PG_CATALOG.PG_ADVISORY_LOCK(1) IS NULL";
+    assert!(matches!(classify_query(sql), Effect::Pin(_)));
+    let sql = "select a, b, c, d, e, f, g from PG_TEMP.t";
+    assert!(matches!(classify_query(sql), Effect::Pin(_)));
+}
