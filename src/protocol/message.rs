@@ -291,6 +291,21 @@ mod tests {
     }
 
     #[test]
+    fn readers_survive_every_short_body() {
+        let full = b"P\0\0\0\x20name\0select 1\0\0\x01\0\0\0\x17extra\0\0";
+        for end in 0..=full.len() {
+            let frame = &full[..end];
+            let _ = query_text(frame);
+            let _ = parse(frame);
+            let _ = bind(frame);
+            let _ = target(frame);
+            let _ = ready_status(frame);
+            let _ = parameter_status(frame);
+            let _ = error_fields(frame);
+        }
+    }
+
+    #[test]
     fn error_fields_prefer_unlocalized_severity() {
         let frame = b"E\0\0\0\x1bSFEHLER\0VERROR\0C42P01\0\0";
         let f = error_fields(frame).expect("valid");

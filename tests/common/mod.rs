@@ -25,6 +25,8 @@ use pgtenant::embedded::{Cluster, ClusterOptions};
 use pgtenant::server::{Server, ServerHandle};
 use tokio_postgres::{Client, NoTls};
 
+pub mod wire;
+
 /// The shared PostgreSQL and its tenants.
 pub struct Fleet {
     /// The server.
