@@ -11,6 +11,7 @@ use metrics::{
     gauge, histogram,
 };
 
+use crate::config::Tier;
 use crate::protocol::ErrorKind;
 
 const CLIENTS: &str = "pgtenant_client_connections";
@@ -20,6 +21,14 @@ const TRANSACTIONS: &str = "pgtenant_transactions_total";
 const ERRORS: &str = "pgtenant_errors_total";
 const POOL_WAIT: &str = "pgtenant_pool_wait_seconds";
 const LOGINS: &str = "pgtenant_logins_total";
+const POOL_SIZE: &str = "pgtenant_pool_size";
+const POOL_IN_USE: &str = "pgtenant_pool_in_use";
+const POOL_IDLE: &str = "pgtenant_pool_idle";
+const POOL_WAITING: &str = "pgtenant_pool_waiting";
+const BUDGET_USED: &str = "pgtenant_budget_used";
+const BUDGET_LIMIT: &str = "pgtenant_budget_limit";
+const BUDGET_EVICTIONS: &str = "pgtenant_budget_evictions_total";
+const TIER_CHANGES: &str = "pgtenant_tier_changes_total";
 
 /// Registers help text and units; call once at start.
 pub fn describe() {
@@ -50,6 +59,46 @@ pub fn describe() {
         "Time a client waited for a backend connection, per tenant."
     );
     describe_counter!(LOGINS, Unit::Count, "Login attempts, by result.");
+    describe_gauge!(
+        POOL_SIZE,
+        Unit::Count,
+        "Pool size (tier size or override), per tenant."
+    );
+    describe_gauge!(
+        POOL_IN_USE,
+        Unit::Count,
+        "Backend connections in a transaction, per tenant."
+    );
+    describe_gauge!(
+        POOL_IDLE,
+        Unit::Count,
+        "Idle backend connections, per tenant."
+    );
+    describe_gauge!(
+        POOL_WAITING,
+        Unit::Count,
+        "Clients waiting for a backend, per tenant."
+    );
+    describe_gauge!(
+        BUDGET_USED,
+        Unit::Count,
+        "Backend connections open under the global budget."
+    );
+    describe_gauge!(
+        BUDGET_LIMIT,
+        Unit::Count,
+        "Global budget available to tenant pools."
+    );
+    describe_counter!(
+        BUDGET_EVICTIONS,
+        Unit::Count,
+        "Idle connections closed to give their budget to another tenant."
+    );
+    describe_counter!(
+        TIER_CHANGES,
+        Unit::Count,
+        "Tenant tier changes, by old and new tier."
+    );
 }
 
 /// Starts the Prometheus endpoint.
@@ -74,6 +123,14 @@ pub struct TenantMetrics {
     pub transactions: Counter,
     /// Time waited for a backend.
     pub wait: Histogram,
+    /// Pool size.
+    pub size: Gauge,
+    /// Connections in a transaction.
+    pub in_use: Gauge,
+    /// Idle connections.
+    pub idle: Gauge,
+    /// Waiting clients.
+    pub waiting: Gauge,
 }
 
 impl TenantMetrics {
@@ -85,6 +142,10 @@ impl TenantMetrics {
             backends: gauge!(BACKENDS, &[label()]),
             transactions: counter!(TRANSACTIONS, &[label()]),
             wait: histogram!(POOL_WAIT, &[label()]),
+            size: gauge!(POOL_SIZE, &[label()]),
+            in_use: gauge!(POOL_IN_USE, &[label()]),
+            idle: gauge!(POOL_IDLE, &[label()]),
+            waiting: gauge!(POOL_WAITING, &[label()]),
         }
     }
 }
@@ -97,6 +158,34 @@ pub fn pinned(delta: f64) {
 /// The proxy raised an error of this kind.
 pub fn error(kind: ErrorKind) {
     counter!(ERRORS, "kind" => kind.as_str()).increment(1);
+}
+
+/// Connections open under the budget.
+pub fn budget_used(used: usize) {
+    gauge!(BUDGET_USED).set(used as f64);
+}
+
+/// The budget's limit for tenant pools.
+pub fn budget_limit(limit: usize) {
+    gauge!(BUDGET_LIMIT).set(limit as f64);
+}
+
+/// An idle connection was closed for another tenant.
+pub fn budget_eviction() {
+    counter!(BUDGET_EVICTIONS).increment(1);
+}
+
+/// A tenant changed tier.
+pub fn tier_change(from: Tier, to: Tier) {
+    counter!(TIER_CHANGES, "from" => tier_label(from), "to" => tier_label(to)).increment(1);
+}
+
+fn tier_label(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Hot => "hot",
+        Tier::Warm => "warm",
+        Tier::Cold => "cold",
+    }
 }
 
 /// A login finished with `result` (`ok`, `failed`).

@@ -134,10 +134,11 @@ impl Server {
             })?;
 
         let (stop, shutdown) = watch::channel(false);
+        let pools = Pools::new(&config);
         let shared = Arc::new(Shared {
             config: RwLock::new(Arc::new(config)),
             tls: RwLock::new(tls),
-            pools: Pools::default(),
+            pools,
             cancels: CancelRegistry::default(),
             decoy_secret: crate::frontend::scram::decoy_secret(),
             shutdown,
@@ -166,6 +167,7 @@ impl Server {
         let mut shutdown = shared.shutdown.clone();
         let mut sessions = JoinSet::new();
         let reaper = tokio::spawn(reap_idle(shared.clone()));
+        let tiering = tokio::spawn(crate::pool::tiering::run(shared.clone()));
 
         loop {
             tokio::select! {
@@ -186,6 +188,7 @@ impl Server {
         drop(self.listener);
         drain(&shared, sessions).await;
         reaper.abort();
+        tiering.abort();
         shared.pools.close_all();
     }
 }

@@ -322,7 +322,7 @@ fn config_text(port: u16, extra: &str) -> String {
     format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\ntls = \"preferred\"\n\
          tls_cert = \"{cert}\"\ntls_key = \"{key}\"\nshutdown_timeout = \"60s\"\n\n\
-         [backend]\nhost = \"{host}\"\nport = {pg_port}\ndatabase = \"postgres\"\npool_size = 2\n\n\
+         [backend]\nhost = \"{host}\"\nport = {pg_port}\ndatabase = \"postgres\"\n\n\
          {tenants}{extra}",
         cert = f.cert.display(),
         key = f.key.display(),
@@ -471,10 +471,7 @@ async fn sighup_rejects_invalid_files_and_applies_valid_ones() {
     let good = config_text(port, "");
     let invalid_files = [
         good.replace("tls = \"preferred\"", "tls = \"sometimes\""),
-        good.replace(
-            "pool_size = 2\n\n[[tenants]]",
-            "pool_size = 0\n\n[[tenants]]",
-        ),
+        good.replacen("pool_size = 2\n", "pool_size = 0\n", 1),
         format!("{good}\n[[tenants]]\nname = \"Not An Identifier\"\n"),
         "this is not TOML [".to_owned(),
     ];

@@ -625,16 +625,16 @@ async fn check_names_a_value_of_the_wrong_kind() {
     let path = write_config(dir.path(), "login_timeout = \"soon\"\n", "");
     assert_check_fails(&path, &["login_timeout", "soon"]).await;
 
-    let path = write_config(dir.path(), "", "pool_size = \"five\"\n");
-    assert_check_fails(&path, &["pool_size", "five"]).await;
+    let path = write_config(dir.path(), "", "connect_timeout = \"five\"\n");
+    assert_check_fails(&path, &["connect_timeout", "five"]).await;
 }
 
 /// `pgtenant check` names the dotted key of a value that parses but is not valid.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_names_an_invalid_value() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), "", "pool_size = 0\n");
-    assert_check_fails(&path, &["backend.pool_size"]).await;
+    let path = write_config(dir.path(), "", "connect_timeout = \"0s\"\n");
+    assert_check_fails(&path, &["backend.connect_timeout"]).await;
 
     let path = write_config(dir.path(), "listen = \"nowhere\"\n", "");
     assert_check_fails(&path, &["proxy.listen", "nowhere"]).await;

@@ -71,14 +71,12 @@ fn write_config(
         "# Written by `pgtenant dev`; removed when it stops.\n\
          [proxy]\nlisten = \"{listen}\"\ntls = \"preferred\"\nworker_threads = {workers}\n\
          tls_cert = \"{cert}\"\ntls_key = \"{key}\"\n\n\
-         [backend]\nhost = \"{host}\"\nport = {port}\ndatabase = \"postgres\"\n\
-         pool_size = {pool}\n\n{tenants}",
+         [backend]\nhost = \"{host}\"\nport = {port}\ndatabase = \"postgres\"\n\n{tenants}",
         listen = args.listen,
         cert = cert.display(),
         key = key.display(),
         host = cluster.host(),
         port = cluster.port(),
-        pool = args.pool_size,
         workers = args.worker_threads,
         tenants = demo::tenants_toml(tenants, args.pool_size, &args.pool_mode),
     );

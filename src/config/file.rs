@@ -16,9 +16,18 @@ pub struct ConfigFile {
     /// Client-facing listener settings.
     #[serde(default)]
     pub proxy: ProxySection,
-    /// Where PostgreSQL is and how tenant pools behave by default.
+    /// Where PostgreSQL is.
     #[serde(default)]
     pub backend: BackendSection,
+    /// The global budget of backend connections.
+    #[serde(default)]
+    pub budget: BudgetSection,
+    /// Pool sizes by tier and dynamic tiering.
+    #[serde(default)]
+    pub tiers: TiersSection,
+    /// Default per-tenant limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// Tenants served by this proxy.
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
@@ -113,8 +122,6 @@ pub struct BackendSection {
     /// Time allowed to open and log in a backend connection. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Backend connections per tenant unless the tenant says otherwise. Default `5`.
-    pub pool_size: usize,
     /// Idle backend connections are closed after this long. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -127,8 +134,104 @@ impl Default for BackendSection {
             port: 5432,
             database: "postgres".into(),
             connect_timeout: Duration::from_secs(5),
-            pool_size: 5,
             idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[budget]`: one cap on backend connections for the whole PostgreSQL cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetSection {
+    /// Backend connections pgtenant may open in all. Default `500`. Reload applies.
+    pub max_connections: usize,
+    /// Part of it tenant pools never take, kept for maintenance and migrations. Default `20`.
+    pub reserve: usize,
+}
+
+impl Default for BudgetSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 500,
+            reserve: 20,
+        }
+    }
+}
+
+/// A pool-size class; tenants move between them with their load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The least busy tenants.
+    Cold,
+    /// Most tenants.
+    Warm,
+    /// The busiest tenants.
+    Hot,
+}
+
+/// `[tiers]`: pool size per tier and how tenants are ranked into tiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TiersSection {
+    /// Pool size of hot tenants. Default `5`. Reload applies.
+    pub hot: usize,
+    /// Pool size of warm tenants. Default `2`. Reload applies.
+    pub warm: usize,
+    /// Pool size of cold tenants. Default `1`. Reload applies.
+    pub cold: usize,
+    /// Tier of a tenant before it has been ranked. Default `warm`.
+    pub initial: Tier,
+    /// Re-rank tenants by load. Default `true`.
+    pub dynamic: bool,
+    /// How often tenants are ranked. Default `60s`. Needs a restart.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Consecutive rankings a tenant must qualify for a new tier before it moves. Default `3`.
+    pub hysteresis: u32,
+}
+
+impl Default for TiersSection {
+    fn default() -> Self {
+        Self {
+            hot: 5,
+            warm: 2,
+            cold: 1,
+            initial: Tier::Warm,
+            dynamic: true,
+            interval: Duration::from_secs(60),
+            hysteresis: 3,
+        }
+    }
+}
+
+/// `[limits]`: per-tenant limits, unless a tenant sets its own. Reload applies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Clients that may wait for a backend of one tenant; more get `53300` at once.
+    /// Default `1000`.
+    pub max_waiting: usize,
+    /// Transactions per second per tenant; none when absent.
+    pub transactions_per_second: Option<f64>,
+    /// Transactions a tenant may run at once above its rate. Default: one second's worth.
+    pub burst: Option<u32>,
+    /// How long a transaction over the rate may be delayed before it fails with `53400`.
+    /// Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_wait: Duration,
+    /// Client connections per tenant; none when absent.
+    pub max_client_connections: Option<usize>,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_waiting: 1000,
+            transactions_per_second: None,
+            burst: None,
+            rate_limit_wait: Duration::from_secs(1),
+            max_client_connections: None,
         }
     }
 }
@@ -148,8 +251,16 @@ pub struct TenantSection {
     /// `transaction` (default) or `session`.
     #[serde(default)]
     pub pool_mode: PoolMode,
-    /// Backend connections for this tenant; default `[backend] pool_size`.
+    /// Backend connections for this tenant, overriding its tier's size.
     pub pool_size: Option<usize>,
+    /// Pins the tenant to a tier; dynamic tiering leaves it there.
+    pub tier: Option<Tier>,
+    /// Overrides `[limits] transactions_per_second`.
+    pub transactions_per_second: Option<f64>,
+    /// Overrides `[limits] burst`.
+    pub burst: Option<u32>,
+    /// Overrides `[limits] max_client_connections`.
+    pub max_client_connections: Option<usize>,
     /// Client logins accepted for this tenant.
     #[serde(default)]
     pub users: Vec<UserSection>,

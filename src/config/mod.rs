@@ -5,13 +5,15 @@
 //! offending key and value in one line.
 
 pub mod file;
+pub mod governance;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use file::{PoolMode, TenantSource, TlsMode};
+pub use file::{PoolMode, TenantSource, Tier, TlsMode};
+pub use governance::{BudgetSettings, LimitSettings, Rate, TierSettings};
 
 use crate::frontend::scram::Verifier;
 use file::{ConfigFile, TenantSection};
@@ -45,7 +47,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -59,6 +61,12 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Server side.
     pub backend: BackendSettings,
+    /// Global connection budget.
+    pub budget: BudgetSettings,
+    /// Tier sizes and ranking.
+    pub tiers: TierSettings,
+    /// Default per-tenant limits.
+    pub limits: LimitSettings,
     /// Tenants by name.
     pub tenants: HashMap<String, Arc<Tenant>>,
 }
@@ -114,10 +122,28 @@ pub struct Tenant {
     pub role_password: Option<String>,
     /// Pooling mode.
     pub pool_mode: PoolMode,
-    /// Maximum backend connections.
-    pub pool_size: usize,
+    /// Backend connections, overriding the tier's size.
+    pub pool_size: Option<usize>,
+    /// Tier pinned in the configuration.
+    pub tier: Option<Tier>,
+    /// Transaction rate limit (the tenant's own or the default).
+    pub rate: Option<Rate>,
+    /// Client connection cap (the tenant's own or the default).
+    pub max_client_connections: Option<usize>,
     /// Client logins: user name → SCRAM verifier.
     pub users: HashMap<String, Verifier>,
+}
+
+impl Tenant {
+    /// Whether backend connections made for `other` would be the same as for `self`: same
+    /// role, password, schema and pooling. Limits and logins may differ.
+    pub fn same_backend(&self, other: &Tenant) -> bool {
+        self.name == other.name
+            && self.schema == other.schema
+            && self.role == other.role
+            && self.role_password == other.role_password
+            && self.pool_mode == other.pool_mode
+    }
 }
 
 impl Config {
@@ -141,10 +167,13 @@ impl Config {
     pub fn from_parsed(file: ConfigFile, base: &Path) -> Result<Self, ConfigError> {
         let proxy = validate_proxy(&file.proxy, base)?;
         let backend = validate_backend(&file.backend)?;
+        let budget = governance::budget(&file.budget)?;
+        let tiers = governance::tiers(&file.tiers)?;
+        let limits = governance::limits(&file.limits)?;
 
         let mut tenants = HashMap::new();
         for (i, section) in file.tenants.iter().enumerate() {
-            let tenant = validate_tenant(i, section, file.backend.pool_size)?;
+            let tenant = validate_tenant(i, section, &limits)?;
             if tenants.contains_key(&tenant.name) {
                 let msg = format!("tenant {:?} is defined twice", tenant.name);
                 return Err(invalid(format!("tenants[{i}].name"), msg));
@@ -152,9 +181,13 @@ impl Config {
             tenants.insert(tenant.name.clone(), Arc::new(tenant));
         }
 
+        governance::check_fit(&tenants, &budget, &tiers)?;
         Ok(Self {
             proxy,
             backend,
+            budget,
+            tiers,
+            limits,
             tenants,
         })
     }
@@ -216,10 +249,6 @@ fn validate_proxy(p: &file::ProxySection, base: &Path) -> Result<ProxySettings, 
 }
 
 fn validate_backend(b: &file::BackendSection) -> Result<BackendSettings, ConfigError> {
-    if b.pool_size == 0 {
-        return Err(invalid("backend.pool_size", "must be at least 1, got 0"));
-    }
-
     if b.connect_timeout.is_zero() {
         return Err(invalid("backend.connect_timeout", "must be longer than 0s"));
     }
@@ -240,7 +269,7 @@ fn validate_backend(b: &file::BackendSection) -> Result<BackendSettings, ConfigE
 fn validate_tenant(
     i: usize,
     t: &TenantSection,
-    default_pool: usize,
+    limits: &LimitSettings,
 ) -> Result<Tenant, ConfigError> {
     let key = |field: &str| format!("tenants[{i}].{field}");
 
@@ -250,10 +279,16 @@ fn validate_tenant(
     let role = t.role.clone().unwrap_or_else(|| t.name.clone());
     check_identifier(&role).map_err(|m| invalid(key("role"), m))?;
 
-    let pool_size = t.pool_size.unwrap_or(default_pool);
-    if pool_size == 0 {
+    if t.pool_size == Some(0) {
         return Err(invalid(key("pool_size"), "must be at least 1, got 0"));
     }
+    if t.max_client_connections == Some(0) {
+        return Err(invalid(
+            key("max_client_connections"),
+            "must be at least 1, got 0",
+        ));
+    }
+    let own_rate = governance::rate(&format!("tenants[{i}]"), t.transactions_per_second, t.burst)?;
 
     let mut users = HashMap::new();
     for (j, u) in t.users.iter().enumerate() {
@@ -268,7 +303,10 @@ fn validate_tenant(
         role,
         role_password: t.role_password.clone(),
         pool_mode: t.pool_mode,
-        pool_size,
+        pool_size: t.pool_size,
+        tier: t.tier,
+        rate: own_rate.or(limits.rate),
+        max_client_connections: t.max_client_connections.or(limits.max_client_connections),
         users,
     })
 }
@@ -323,6 +361,31 @@ mod tests {
                 .expect("parses");
         let err = Config::from_parsed(file, Path::new("/")).expect_err("invalid name");
         assert!(err.to_string().starts_with("tenants[0].name"), "{err}");
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).expect("parses");
+        Config::from_parsed(file, Path::new("/"))
+    }
+
+    #[test]
+    fn reserve_must_leave_room_for_tenants() {
+        let err =
+            parse("[proxy]\ntls = \"disabled\"\n[budget]\nmax_connections = 20\nreserve = 20\n")
+                .expect_err("no room");
+        assert!(err.to_string().starts_with("budget.reserve"), "{err}");
+    }
+
+    #[test]
+    fn tenants_that_cannot_fit_are_refused() {
+        let mut text = String::from(
+            "[proxy]\ntls = \"disabled\"\n[budget]\nmax_connections = 12\nreserve = 2\n",
+        );
+        for i in 0..6 {
+            text.push_str(&format!("[[tenants]]\nname = \"t{i}\"\npool_size = 2\n"));
+        }
+        let err = parse(&text).expect_err("12 needed, 10 available");
+        assert!(err.to_string().contains("need at least 12"), "{err}");
     }
 
     #[test]

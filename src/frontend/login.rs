@@ -68,7 +68,11 @@ pub async fn login(
     span.record("tenant", tenant.name.as_str());
     span.record("user", request.user.as_str());
 
-    let pool = shared.pools.for_tenant(&tenant, &config.backend);
+    let pool = shared.pools.for_tenant(&tenant, config);
+    let place = match pool.governor.admit_client() {
+        Ok(place) => place,
+        Err(error) => return Err(refuse(&mut stream, error).await),
+    };
     let state = match client_state(&pool, config, &request).await {
         Ok(state) => state,
         Err(error) => return Err(refuse(&mut stream, error).await),
@@ -84,8 +88,8 @@ pub async fn login(
         pool,
         stream,
         state,
-        pid,
-        cancel,
+        (pid, cancel),
+        place,
     ))
 }
 

@@ -22,7 +22,7 @@ use crate::backend::sync;
 use crate::cancel::{CancelSlot, send_cancel};
 use crate::config::PoolMode;
 use crate::metrics as m;
-use crate::pool::{Lease, PoolError, TenantPool};
+use crate::pool::{ClientPlace, Lease, PoolError, TenantPool};
 use crate::protocol::frame::next_frame;
 use crate::protocol::{ClientError, ErrorKind, message, sqlstate};
 use crate::server::Shared;
@@ -105,6 +105,7 @@ pub struct Session {
     stats: SessionStats,
     pipeline: Pipeline,
     to_backend: BytesMut,
+    _place: ClientPlace,
 }
 
 impl Session {
@@ -114,8 +115,8 @@ impl Session {
         pool: Arc<TenantPool>,
         client: ClientStream,
         state: ClientState,
-        pid: i32,
-        cancel: Arc<CancelSlot>,
+        (pid, cancel): (i32, Arc<CancelSlot>),
+        place: ClientPlace,
     ) -> Self {
         pool.metrics.clients.increment(1.0);
         Self {
@@ -131,6 +132,7 @@ impl Session {
             stats: SessionStats::default(),
             pipeline: Pipeline::default(),
             to_backend: BytesMut::with_capacity(8 * 1024),
+            _place: place,
         }
     }
 
@@ -206,6 +208,13 @@ impl Session {
     /// Leases a backend and brings it in line with the client. `None` when the client was
     /// told to wait longer (an ERROR was sent and its request dropped).
     async fn acquire(&mut self) -> Result<Option<Lease>, SessionError> {
+        if let Err(err) = self.pool.governor.admit_transaction().await {
+            tracing::info!(error = %err.message, "transaction refused by the tenant's rate limit");
+            m::error(err.kind);
+            self.reject_request(&err).await?;
+            return Ok(None);
+        }
+
         let wait = self.shared.config().proxy.query_wait_timeout;
         let mut acquired = self.pool.acquire(wait).await;
         if let Err(PoolError::Closed(_)) = acquired {
@@ -266,7 +275,7 @@ impl Session {
         if let Some(tenant) = config.tenants.get(&self.pool.tenant.name)
             && !stopping
         {
-            self.pool = self.shared.pools.for_tenant(tenant, &config.backend);
+            self.pool = self.shared.pools.for_tenant(tenant, &config);
             return Ok(());
         }
 

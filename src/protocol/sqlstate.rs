@@ -15,6 +15,8 @@ pub const INVALID_PASSWORD: &str = "28P01";
 pub const INVALID_AUTHORIZATION: &str = "28000";
 /// `53300` too_many_connections: no backend within the queue timeout.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// `53400` configuration_limit_exceeded: a tenant is over its transaction rate.
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 /// `57P01` admin_shutdown: the proxy is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 /// `22023` invalid_parameter_value: a startup parameter PostgreSQL refused.

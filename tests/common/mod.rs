@@ -104,8 +104,11 @@ impl Fleet {
     }
 }
 
+/// A change to the generated configuration file, for tests that need more than the options.
+pub type ConfigEdit = Arc<dyn Fn(&mut ConfigFile) + Send + Sync>;
+
 /// How a test wants its proxy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxyOptions {
     /// TLS mode.
     pub tls: TlsMode,
@@ -119,6 +122,10 @@ pub struct ProxyOptions {
     pub query_wait_timeout: Duration,
     /// Drain timeout.
     pub shutdown_timeout: Duration,
+    /// Tenants beyond the fleet's, provisioned by the test.
+    pub extra_tenants: Vec<DemoTenant>,
+    /// Applied to the file last.
+    pub edit: Option<ConfigEdit>,
 }
 
 impl Default for ProxyOptions {
@@ -134,6 +141,8 @@ impl Default for ProxyOptions {
             ],
             query_wait_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
+            extra_tenants: Vec::new(),
+            edit: None,
         }
     }
 }
@@ -153,6 +162,7 @@ impl ProxyOptions {
         let tenants = fleet
             .tenants
             .iter()
+            .chain(&self.extra_tenants)
             .map(|t| TenantSection {
                 name: t.name.clone(),
                 schema: None,
@@ -160,6 +170,10 @@ impl ProxyOptions {
                 role_password: Some(t.role_password.clone()),
                 pool_mode: self.pool_mode,
                 pool_size: Some(self.pool_size),
+                tier: None,
+                transactions_per_second: None,
+                burst: None,
+                max_client_connections: None,
                 users: vec![UserSection {
                     name: t.user.clone(),
                     verifier: t.user_verifier.clone(),
@@ -167,7 +181,7 @@ impl ProxyOptions {
             })
             .collect();
 
-        let file = ConfigFile {
+        let mut file = ConfigFile {
             proxy: ProxySection {
                 listen: "127.0.0.1:0".into(),
                 tls: self.tls,
@@ -182,11 +196,14 @@ impl ProxyOptions {
                 host: fleet.cluster.host().into(),
                 port: fleet.cluster.port(),
                 database: "postgres".into(),
-                pool_size: self.pool_size,
                 ..BackendSection::default()
             },
             tenants,
+            ..ConfigFile::default()
         };
+        if let Some(edit) = &self.edit {
+            edit(&mut file);
+        }
         Config::from_parsed(file, Path::new("/")).expect("valid test config")
     }
 }
