@@ -9,47 +9,17 @@
 
 mod common;
 
-use std::future::Future;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Proxy, ProxyOptions, fleet, sqlstate};
+use common::{Proxy, ProxyOptions, bounded, fleet, sqlstate, wait_until};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
-
-/// Upper bound for anything that should finish quickly; only there to turn a hang into a failure.
-const HANG: Duration = Duration::from_secs(60);
-
-/// Runs a future under [`HANG`], failing the test if it does not finish.
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(HANG, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {HANG:?}"))
-}
-
-/// Polls `check` until it returns true, failing the test after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: still not true after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A libpq URL for psql and pgbench (no TLS, no GSSAPI attempt).
 fn libpq_url(proxy: &Proxy, tenant: &str) -> String {

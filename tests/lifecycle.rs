@@ -5,46 +5,18 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, ProxyOptions, connect_plain, fleet, pgtenant_bin, sqlstate};
+use common::{
+    Proxy, ProxyOptions, bounded, connect_plain, fleet, pgtenant_bin, sqlstate, wait_until,
+};
 use pgtenant::control::demo;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// Upper bound for anything that should finish quickly; only there to turn a hang into a failure.
-const HANG: Duration = Duration::from_secs(60);
-
-/// Runs a future under [`HANG`], failing the test if it does not finish.
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(HANG, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {HANG:?}"))
-}
-
-/// Polls `check` until it returns true, failing the test after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: still not true after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// True once nothing accepts TCP connections at `addr`.
 async fn refuses_connections(addr: SocketAddr) -> bool {

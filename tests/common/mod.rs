@@ -10,10 +10,11 @@
 )]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgtenant::config::Config;
 use pgtenant::config::file::{
@@ -351,4 +352,33 @@ pub fn sqlstate(error: &tokio_postgres::Error) -> String {
 /// Path of the `pgtenant` binary built for these tests.
 pub fn pgtenant_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pgtenant"))
+}
+
+/// Upper bound for anything that should finish quickly; only there to turn a hang into a failure.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// Runs a future under [`HANG`], failing the test if it does not finish.
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {HANG:?}"))
+}
+
+/// Polls `check` until it returns true, failing the test after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: still not true after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
