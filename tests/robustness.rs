@@ -1,7 +1,7 @@
 //! Hostile input: random bytes before login and malformed frames after it end only the
 //! connection that sent them. The proxy keeps serving everyone else.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 

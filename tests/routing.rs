@@ -3,7 +3,7 @@
 //! parameters the proxy honours (`application_name`, `DateStyle`) or overrides
 //! (`search_path`).
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The shortest path through the proxy: log in, read the tenant's own data.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
 mod common;
 
 use common::{Proxy, fleet};

@@ -5,7 +5,7 @@
 //! Real clients (tokio-postgres, rustls, psql) where they can express the case; a small raw
 //! protocol client (`wire`, at the bottom) where only hand-made bytes can.
 
-#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
