@@ -6,29 +6,25 @@
 //! status `I` once nothing is owed; in session mode, or once the client is pinned by state
 //! that cannot move between backends, it is kept until the client leaves, then reset.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::relay::{Flow, Relay};
 use super::state::ClientState;
 use super::stream::ClientStream;
 use crate::backend::conn::BackendIoError;
-use crate::backend::pipeline::{Event, Pipeline};
+use crate::backend::pipeline::Pipeline;
 use crate::backend::sync;
-use crate::cancel::{CancelSlot, send_cancel};
-use crate::config::PoolMode;
+use crate::cancel::CancelSlot;
 use crate::metrics as m;
 use crate::pool::{ClientPlace, Lease, PoolError, TenantPool};
 use crate::protocol::frame::next_frame;
 use crate::protocol::{ClientError, ErrorKind, message, sqlstate};
 use crate::server::Shared;
 
-/// How long cleaning a backend after a client left may take before it is closed instead.
-const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+mod bound;
+mod teardown;
 
 /// Why a session ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -351,285 +347,6 @@ impl Session {
     async fn send_error(&mut self, err: &ClientError) {
         err.encode(&mut self.wbuf);
         let _ = self.flush_client().await;
-    }
-
-    /// Relays messages both ways until the lease can be released or the client leaves, and
-    /// disposes of the lease accordingly.
-    async fn bound(&mut self, mut lease: Lease) -> Result<Unbind, SessionError> {
-        // The pipeline's queue is reused from one transaction to the next.
-        let mut pipeline = std::mem::take(&mut self.pipeline);
-        pipeline.reset();
-        let outcome = self.relay_until_done(&mut lease, &mut pipeline).await;
-        let unbind = self.dispose(lease, &pipeline, outcome).await;
-        self.pipeline = pipeline;
-        unbind
-    }
-
-    async fn dispose(
-        &mut self,
-        lease: Lease,
-        pipeline: &Pipeline,
-        outcome: Result<Unbind, Fault>,
-    ) -> Result<Unbind, SessionError> {
-        match outcome {
-            Ok(Unbind::Release) => {
-                self.release(lease);
-                Ok(Unbind::Release)
-            }
-            Ok(Unbind::ClientGone) => {
-                self.leave(lease, pipeline).await;
-                Ok(Unbind::ClientGone)
-            }
-            Err(Fault::Backend(error)) => Err(self.backend_failed(lease, error).await),
-            Err(Fault::Client(error)) => {
-                self.leave(lease, pipeline).await;
-                Err(error)
-            }
-        }
-    }
-
-    async fn relay_until_done(
-        &mut self,
-        lease: &mut Lease,
-        pipeline: &mut Pipeline,
-    ) -> Result<Unbind, Fault> {
-        let mut to_backend = std::mem::take(&mut self.to_backend);
-        let outcome = self.relay_loop(lease, pipeline, &mut to_backend).await;
-        to_backend.clear();
-        self.to_backend = to_backend;
-        outcome
-    }
-
-    async fn relay_loop(
-        &mut self,
-        lease: &mut Lease,
-        pipeline: &mut Pipeline,
-        to_backend: &mut BytesMut,
-    ) -> Result<Unbind, Fault> {
-        loop {
-            let flow = self.relay_client(lease, pipeline, to_backend)?;
-            lease.conn.send(to_backend).await.map_err(Fault::Backend)?;
-            to_backend.clear();
-            self.flush_client().await?;
-
-            if flow == Flow::Terminate {
-                return Ok(Unbind::ClientGone);
-            }
-            if self.may_release(pipeline) {
-                return Ok(Unbind::Release);
-            }
-
-            tokio::select! {
-                n = self.client.read_buf(&mut self.rbuf) => {
-                    let n = n.map_err(SessionError::from)?;
-                    if n == 0 {
-                        return Ok(Unbind::ClientGone);
-                    }
-                    self.stats.bytes_in += n as u64;
-                }
-                filled = lease.conn.fill() => {
-                    filled.map_err(Fault::Backend)?;
-                    self.relay_backend(lease, pipeline).map_err(Fault::Backend)?;
-                }
-            }
-        }
-    }
-
-    /// Relays every complete client message in the buffer.
-    fn relay_client(
-        &mut self,
-        lease: &mut Lease,
-        pipeline: &mut Pipeline,
-        to_backend: &mut BytesMut,
-    ) -> Result<Flow, SessionError> {
-        loop {
-            let Some(h) = next_frame(&self.rbuf).map_err(|e| self.protocol_error(e))? else {
-                return Ok(Flow::Continue);
-            };
-
-            let mut relay = Relay {
-                conn: &mut lease.conn,
-                pipeline,
-                statements: &mut self.state.statements,
-                unnamed: &mut self.state.unnamed,
-                to_backend,
-                to_client: &mut self.wbuf,
-            };
-            let flow = relay
-                .frame(&self.rbuf[..h.total])
-                .map_err(|e| self.protocol_error(format!("{e} from client")))?;
-            self.rbuf.advance(h.total);
-
-            match flow {
-                Flow::Continue => {}
-                Flow::Terminate => return Ok(Flow::Terminate),
-                Flow::Pin(reason) => self.pin(reason),
-            }
-        }
-    }
-
-    fn pin(&mut self, reason: &'static str) {
-        if self.pinned.is_none() && self.pool.tenant.pool_mode == PoolMode::Transaction {
-            tracing::info!(
-                reason,
-                "client pinned to its backend for the rest of the session"
-            );
-            m::pinned(1.0);
-        }
-        self.pinned.get_or_insert(reason);
-    }
-
-    /// Relays every complete backend message in the buffer to the client.
-    fn relay_backend(
-        &mut self,
-        lease: &mut Lease,
-        pipeline: &mut Pipeline,
-    ) -> Result<(), BackendIoError> {
-        let mut events = Vec::new();
-        while let Some(h) = lease.conn.next_frame()? {
-            let frame = &lease.conn.rbuf[..h.total];
-            let forward = pipeline
-                .on_backend(frame, &mut events)
-                .map_err(|e| BackendIoError::Protocol(e.to_string()))?;
-
-            self.observe_backend(frame, h.tag, &mut lease.conn.reported)?;
-            if forward {
-                self.wbuf.extend_from_slice(frame);
-            }
-            lease.conn.rbuf.advance(h.total);
-            pipeline.release_fakes(&mut self.wbuf);
-
-            for event in events.drain(..) {
-                self.apply_event(event, lease);
-            }
-        }
-        if let Some(status) = pipeline.status {
-            lease.conn.status = status;
-        }
-        Ok(())
-    }
-
-    /// Tracks reported parameters and notices a backend that is going away.
-    fn observe_backend(
-        &mut self,
-        frame: &[u8],
-        tag: u8,
-        reported: &mut HashMap<String, String>,
-    ) -> Result<(), BackendIoError> {
-        match tag {
-            b'S' => {
-                if let Ok((name, value)) = message::parameter_status(frame) {
-                    reported.insert(name.clone(), value.clone());
-                    self.state.note_parameter(name, value);
-                }
-            }
-            b'E' => {
-                let fields = message::error_fields(frame).unwrap_or_default();
-                if fields.severity == "FATAL" || fields.severity == "PANIC" {
-                    self.wbuf.extend_from_slice(frame);
-                    return Err(BackendIoError::Protocol(format!(
-                        "backend ended the connection: {} {}",
-                        fields.code, fields.message
-                    )));
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn apply_event(&mut self, event: Event, lease: &mut Lease) {
-        match event {
-            Event::ParseFailed(name) => {
-                lease.conn.prepared.remove(&name);
-            }
-            Event::Completed { effect, status } => {
-                if status != b'I' && effect.is_transactional() {
-                    // A ROLLBACK could still undo it; only this backend knows the outcome.
-                    self.pin("session setting changed inside a transaction block");
-                    return;
-                }
-                self.state.apply(effect, &mut lease.conn);
-            }
-        }
-    }
-
-    fn may_release(&self, pipeline: &Pipeline) -> bool {
-        pipeline.is_idle()
-            && pipeline.status == Some(b'I')
-            && self.pinned.is_none()
-            && self.pool.tenant.pool_mode == PoolMode::Transaction
-    }
-
-    fn release(&mut self, mut lease: Lease) {
-        self.cancel.set(None);
-
-        // Changes during the transaction reached both sides, so the backend is in this
-        // client's state, unless a RESET left it at the server default while the client
-        // returns to its startup value.
-        let in_step = lease.conn.items == self.state.items;
-        lease.conn.fingerprint = in_step.then(|| self.state.fingerprint());
-        self.stats.transactions += 1;
-        self.pool.metrics.transactions.increment(1);
-        lease.conn.status = b'I';
-        self.pool.release(lease);
-    }
-
-    /// The backend failed: tell the client and end the session.
-    async fn backend_failed(&mut self, lease: Lease, error: BackendIoError) -> SessionError {
-        tracing::warn!(%error, backend = lease.conn.id, "backend connection lost mid-transaction");
-        self.cancel.set(None);
-        self.pool.discard(lease);
-
-        let err = backend_lost();
-        if !matches!(error, BackendIoError::Protocol(ref m) if m.starts_with("backend ended")) {
-            err.encode(&mut self.wbuf);
-        }
-        let _ = self.flush_client().await;
-        SessionError::Backend(error.to_string())
-    }
-
-    /// The client left while bound: clean the backend before anyone else gets it.
-    async fn leave(&mut self, lease: Lease, pipeline: &Pipeline) {
-        self.cancel.set(None);
-        if !pipeline.is_idle() {
-            // A statement is still running: stop it, then close the connection, so its
-            // transaction rolls back and its locks go away at once.
-            let _ = send_cancel(lease.conn.key).await;
-            self.pool.discard(lease);
-            return;
-        }
-
-        let clean = lease.conn.status == b'I' && self.pinned.is_none();
-        if clean && self.pool.tenant.pool_mode == PoolMode::Transaction {
-            self.pool.release(lease);
-            return;
-        }
-        self.reset_and_release(lease).await;
-    }
-
-    async fn reset_and_release(&mut self, mut lease: Lease) {
-        match tokio::time::timeout(RESET_TIMEOUT, sync::reset(&mut lease.conn)).await {
-            Ok(Ok(())) => self.pool.release(lease),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "backend reset failed; connection closed");
-                self.pool.discard(lease);
-            }
-            Err(_) => {
-                tracing::warn!("backend reset timed out; connection closed");
-                self.pool.discard(lease);
-            }
-        }
-    }
-
-    /// Session teardown: forget the cancel key, update metrics, close the socket.
-    async fn finish(&mut self) {
-        if self.pinned.is_some() && self.pool.tenant.pool_mode == PoolMode::Transaction {
-            m::pinned(-1.0);
-        }
-        self.shared.cancels.unregister(self.pid);
-        self.pool.metrics.clients.decrement(1.0);
-        let _ = self.client.shutdown().await;
     }
 }
 
