@@ -31,6 +31,8 @@ pub enum Expect {
     Describe,
     /// `CommandComplete`, `EmptyQueryResponse` or `PortalSuspended`.
     Execute,
+    /// An `Execute` of a statement with a session effect, reported once its batch is over.
+    ExecuteEffect(Effect),
     /// `CloseComplete`.
     Close,
     /// `CloseComplete` of a `Close` the proxy sent: swallowed.
@@ -80,6 +82,8 @@ pub struct Pipeline {
     copy_in: bool,
     /// The effect of the current simple query, once its `CommandComplete` arrived.
     completed: Option<Effect>,
+    /// The session effect of executing the unnamed portal, if its statement has one.
+    pub portal_effect: Option<Effect>,
     /// Status byte of the last `ReadyForQuery`.
     pub status: Option<u8>,
 }
@@ -101,6 +105,7 @@ impl Pipeline {
         self.open_batch = false;
         self.copy_in = false;
         self.completed = None;
+        self.portal_effect = None;
         self.status = None;
     }
 
@@ -134,7 +139,9 @@ impl Pipeline {
             b'3' => self.complete_close(tag),
             b'n' => self.pop_if(tag, |e| *e == Expect::Describe),
             b'T' => self.row_description(),
-            b's' => self.pop_if(tag, |e| *e == Expect::Execute),
+            b's' => self.pop_if(tag, |e| {
+                matches!(e, Expect::Execute | Expect::ExecuteEffect(_))
+            }),
             b'C' | b'I' => self.command_complete(tag),
             b'Z' => self.ready(frame, events),
             b'E' => {
@@ -222,7 +229,7 @@ impl Pipeline {
                 self.queue.pop_front();
                 Ok(true)
             }
-            Some(Expect::Execute | Expect::Query(_)) => Ok(true),
+            Some(Expect::Execute | Expect::ExecuteEffect(_) | Expect::Query(_)) => Ok(true),
             _ => Err(self.desync(b'T')),
         }
     }
@@ -231,6 +238,12 @@ impl Pipeline {
         match self.queue.front_mut() {
             Some(Expect::Execute) => {
                 self.queue.pop_front();
+                Ok(true)
+            }
+            Some(Expect::ExecuteEffect(_)) => {
+                if let Some(Expect::ExecuteEffect(effect)) = self.queue.pop_front() {
+                    self.completed = Some(effect);
+                }
                 Ok(true)
             }
             Some(Expect::Query(effect)) => {
@@ -269,6 +282,7 @@ impl Pipeline {
             return;
         }
 
+        self.completed = None;
         while let Some(head) = self.queue.front() {
             if *head == Expect::Sync {
                 break;

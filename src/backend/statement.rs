@@ -6,6 +6,8 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::frontend::classify::Effect;
+
 /// A client's named statement, as the backend knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
@@ -15,6 +17,8 @@ pub struct Statement {
     pub query: Bytes,
     /// Parameter count and type OIDs, as sent.
     pub param_types: Bytes,
+    /// What executing it does to session state (tracked for the unnamed statement only).
+    pub effect: Effect,
 }
 
 impl Statement {
@@ -31,15 +35,17 @@ impl Statement {
             proxy_name: format!("pgt_{hex}"),
             query: Bytes::copy_from_slice(query),
             param_types: Bytes::copy_from_slice(param_types),
+            effect: Effect::None,
         }
     }
 
     /// The unnamed statement: no proxy name, kept only to re-parse it where needed.
-    pub fn unnamed(query: &[u8], param_types: &[u8]) -> Self {
+    pub fn unnamed(query: &[u8], param_types: &[u8], effect: Effect) -> Self {
         Self {
             proxy_name: String::new(),
             query: Bytes::copy_from_slice(query),
             param_types: Bytes::copy_from_slice(param_types),
+            effect,
         }
     }
 }

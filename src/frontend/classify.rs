@@ -86,22 +86,34 @@ pub fn classify_query(sql: &str) -> Effect {
     match effects.as_slice() {
         [] => Effect::None,
         [one] => one.clone(),
-        many => many
-            .iter()
-            .find(|e| **e != Effect::None)
-            .map(|_| Effect::Pin("session change inside a multi-statement query"))
-            .unwrap_or(Effect::None),
+        many => combine(many),
     }
 }
 
-/// Classifies the text of a `Parse`: anything with a session effect pins, because the
-/// extended protocol gives no single completion to hang a replay on.
-pub fn classify_parse(sql: &str) -> Effect {
-    match classify_query(sql) {
-        Effect::None => Effect::None,
-        Effect::Pin(reason) => Effect::Pin(reason),
-        _ => Effect::Pin("session change through the extended protocol"),
+/// The effect of several statements in one query. Connection-reset batches (such as a
+/// driver's `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`) are
+/// tracked like their single-statement forms; any other session change pins.
+fn combine(effects: &[Effect]) -> Effect {
+    let changes: Vec<&Effect> = effects.iter().filter(|e| **e != Effect::None).collect();
+    let resets_only = changes.iter().all(|e| {
+        matches!(
+            e,
+            Effect::ResetAll | Effect::DeallocateAll | Effect::DiscardAll
+        )
+    });
+
+    match changes.as_slice() {
+        [] => Effect::None,
+        [one] if resets_only => (*one).clone(),
+        _ if resets_only => Effect::DiscardAll,
+        _ => Effect::Pin("session change inside a multi-statement query"),
     }
+}
+
+/// Classifies the text of a `Parse`. The relay tracks the effect when the statement is the
+/// unnamed one executed in the same batch (how drivers send `SET`); otherwise it pins.
+pub fn classify_parse(sql: &str) -> Effect {
+    classify_query(sql)
 }
 
 /// One statement, already split and with comments removed from its tokens.

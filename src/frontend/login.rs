@@ -108,13 +108,15 @@ async fn client_state(
     request: &StartupRequest,
 ) -> Result<ClientState, ClientError> {
     let (wants, items) = sort_settings(&request.settings)?;
+    // Settings PostgreSQL accepted once need no backend to be checked again.
     let key: Vec<(String, String)> = {
         let mut k: Vec<_> = wants.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
         k.sort();
+        k.extend(items.values().map(|sql| (String::new(), sql.clone())));
         k
     };
 
-    let reported = match pool.cached_login_params(&key).filter(|_| items.is_empty()) {
+    let reported = match pool.cached_login_params(&key) {
         Some(reported) => reported,
         None => {
             let reported = apply_on_backend(pool, config, &wants, &items).await?;

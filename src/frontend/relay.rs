@@ -58,7 +58,7 @@ impl Relay<'_> {
             b'B' => self.bind(frame),
             b'D' => self.describe(frame),
             b'C' => self.close(frame),
-            b'E' => Ok(self.forward(frame, Some(Expect::Execute))),
+            b'E' => self.execute(frame),
             b'S' if self.pipeline.in_copy_in() => {
                 self.pipeline.touch_batch();
                 Ok(self.forward(frame, None))
@@ -103,13 +103,20 @@ impl Relay<'_> {
 
     fn parse(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let parse = message::parse(frame)?;
-        let flow = match classify::classify_parse(&String::from_utf8_lossy(parse.query)) {
-            Effect::Pin(reason) => Flow::Pin(reason),
-            _ => Flow::Continue,
+        let effect = classify::classify_parse(&String::from_utf8_lossy(parse.query));
+        let (flow, effect) = match effect {
+            Effect::Pin(reason) => (Flow::Pin(reason), Effect::None),
+            Effect::None => (Flow::Continue, Effect::None),
+            _ if !parse.name.is_empty() => {
+                let reason = "session change through a named prepared statement";
+                (Flow::Pin(reason), Effect::None)
+            }
+            effect => (Flow::Continue, effect),
         };
 
         if parse.name.is_empty() {
-            let statement = Arc::new(Statement::unnamed(parse.query, parse.param_types));
+            let statement = Statement::unnamed(parse.query, parse.param_types, effect);
+            let statement = Arc::new(statement);
             *self.unnamed = Some(statement.clone());
             self.conn.unnamed = Some(statement);
 
@@ -199,9 +206,11 @@ impl Relay<'_> {
 
     fn bind(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let bind = message::bind(frame)?;
+        let mut flow = Flow::Continue;
         let statement = match bind.statement {
             [] => {
                 self.ensure_unnamed();
+                flow = self.bind_effect(bind.portal);
                 None
             }
             name => self.ensure(name),
@@ -212,10 +221,41 @@ impl Relay<'_> {
                 let name = s.proxy_name.as_bytes();
                 message::put_bind(self.to_backend, bind.portal, name, bind.rest);
                 self.pipeline.push(Expect::Bind, self.to_client);
-                Ok(Flow::Continue)
             }
-            None => Ok(self.forward(frame, Some(Expect::Bind))),
+            None => {
+                self.forward(frame, Some(Expect::Bind));
+            }
         }
+        Ok(flow)
+    }
+
+    /// Carries the unnamed statement's session effect to the portal bound from it. Only the
+    /// unnamed portal can be followed; binding such a statement to a named portal pins.
+    fn bind_effect(&mut self, portal: &[u8]) -> Flow {
+        let effect = self
+            .unnamed
+            .as_ref()
+            .map(|s| s.effect.clone())
+            .filter(|e| *e != Effect::None);
+        self.pipeline.portal_effect = None;
+
+        let Some(effect) = effect else {
+            return Flow::Continue;
+        };
+        if !portal.is_empty() {
+            return Flow::Pin("session change bound to a named portal");
+        }
+        self.pipeline.portal_effect = Some(effect);
+        Flow::Continue
+    }
+
+    fn execute(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
+        let portal = message::execute_portal(frame)?;
+        let expect = match (portal, self.pipeline.portal_effect.take()) {
+            ([], Some(effect)) => Expect::ExecuteEffect(effect),
+            _ => Expect::Execute,
+        };
+        Ok(self.forward(frame, Some(expect)))
     }
 
     fn describe(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {

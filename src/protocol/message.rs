@@ -103,6 +103,11 @@ pub fn bind(frame: &[u8]) -> Result<Bind<'_>, BodyError> {
     })
 }
 
+/// The portal name of an `Execute` (`E`).
+pub fn execute_portal(frame: &[u8]) -> Result<&[u8], BodyError> {
+    Body::of(frame).cstr()
+}
+
 /// A `Describe` (`D`) or `Close` (`C`) target: `S` for a statement, `P` for a portal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {

@@ -119,13 +119,23 @@ fn sql_prepared_statements_are_items() {
 }
 
 #[test]
-fn parse_pins_on_any_session_change() {
+fn parse_reports_effects_for_the_relay_to_place() {
     assert_eq!(classify_parse("select $1"), Effect::None);
-    assert!(matches!(
-        classify_parse("SET work_mem = '64MB'"),
-        Effect::Pin(_)
-    ));
+    assert_eq!(
+        classify_parse("SET extra_float_digits = 3"),
+        set_item("extra_float_digits", "SET extra_float_digits = 3")
+    );
     assert_eq!(classify_parse("SET application_name = 'x'"), Effect::None);
+}
+
+#[test]
+fn driver_reset_batches_are_tracked_not_pinned() {
+    let sql = "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;";
+    assert_eq!(classify_query(sql), Effect::ResetAll);
+    assert_eq!(
+        classify_query("RESET ALL; DEALLOCATE ALL"),
+        Effect::DiscardAll
+    );
 }
 
 #[test]
