@@ -1,6 +1,7 @@
 //! Pool governance against a real PostgreSQL: tier sizes, the global budget and its reserve,
-//! queue and waiting caps, per-tenant rate limits and client caps, dynamic tiering, and
-//! taking a cold tenant's idle connection for a tenant that needs one.
+//! queue and waiting caps, per-tenant rate limits and client caps, dynamic tiering, taking a
+//! cold tenant's idle connection for a tenant that needs one, lowering the budget by reload,
+//! and pools created by simultaneous first logins.
 //!
 //! Every test provisions tenants of its own and serves only those, so counting a role's
 //! sessions in `pg_stat_activity` sees this test's proxy and nothing else. Nothing here
@@ -21,12 +22,17 @@ use futures_util::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use pgtenant::config::file::{ConfigFile, TenantSection, Tier};
 use pgtenant::control::demo::{self, DemoTenant};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_postgres::error::DbError;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use common::wire::{auth_code, error_fields, read_message, startup_packet};
 use common::{Proxy, ProxyOptions, bounded, connect_plain, fleet, sqlstate, wait_until};
 
 // ---------------------------------------------------------------------------------------
@@ -301,8 +307,7 @@ async fn join_all(set: &mut JoinSet<usize>) -> usize {
 // Tier sizes
 // ---------------------------------------------------------------------------------------
 
-/// Tenants pinned to hot, warm and cold never hold more backends than their tier's size,
-/// even with more clients than that running transactions at once.
+/// Tenants pinned hot/warm/cold never hold more backends than their tier size, under overload.
 #[tokio::test(flavor = "multi_thread")]
 async fn pinned_tiers_cap_backends_per_tenant() {
     let tenants = provision(&["tier_hot", "tier_warm", "tier_cold"]).await;
@@ -363,9 +368,7 @@ async fn pinned_tiers_cap_backends_per_tenant() {
 // The global budget
 // ---------------------------------------------------------------------------------------
 
-/// 300 clients over 50 warm tenants (100 backends wanted) never push the backends of all
-/// tenants together above `max_connections - reserve`; transactions that do not get one
-/// fail with 53300 and nothing else.
+/// 300 clients over 50 tenants never hold more than max_connections - reserve backends.
 #[tokio::test(flavor = "multi_thread")]
 async fn burst_over_fifty_tenants_stays_within_the_budget() {
     const TENANTS: usize = 50;
@@ -386,29 +389,33 @@ async fn burst_over_fifty_tenants_stays_within_the_budget() {
     }))
     .await;
 
-    // Log in at a modest pace, so that logins do not compete with the burst itself.
-    let logins = tenants
-        .iter()
-        .flat_map(|t| std::iter::repeat_n(t, CLIENTS_PER_TENANT))
-        .map(|t| {
-            let config = login(&proxy, t);
-            let name = t.name.clone();
-            async move { (name, connect_plain(config).await) }
-        });
-    let logged_in: Vec<_> = bounded(
-        "300 logins",
-        futures_util::stream::iter(logins)
-            .buffer_unordered(8)
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    // Log in at a modest pace, so that logins do not compete with the burst itself: one
+    // client per tenant first, which creates the tenant's pool, then the others (first
+    // logins racing each other are the subject of `first_logins_arriving_together_all_get_in`).
     let mut clients = Vec::new();
     let mut refused_logins = 0;
-    for (name, result) in logged_in {
-        match result {
-            Ok(client) => clients.push(client),
-            Err(e) if sqlstate(&e) == "53300" => refused_logins += 1,
-            Err(e) => panic!("login to {name}: {e}"),
+    for per_tenant in [1, CLIENTS_PER_TENANT - 1] {
+        let logins = tenants
+            .iter()
+            .flat_map(|t| std::iter::repeat_n(t, per_tenant))
+            .map(|t| {
+                let config = login(&proxy, t);
+                let name = t.name.clone();
+                async move { (name, connect_plain(config).await) }
+            });
+        let logged_in: Vec<_> = bounded(
+            "logins",
+            futures_util::stream::iter(logins)
+                .buffer_unordered(8)
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        for (name, result) in logged_in {
+            match result {
+                Ok(client) => clients.push(client),
+                Err(e) if sqlstate(&e) == "53300" => refused_logins += 1,
+                Err(e) => panic!("login to {name}: {e}"),
+            }
         }
     }
 
@@ -473,8 +480,7 @@ async fn burst_over_fifty_tenants_stays_within_the_budget() {
 // Queue timeout and waiting cap
 // ---------------------------------------------------------------------------------------
 
-/// A client that finds its tenant's only backend held past the queue timeout gets ERROR
-/// 53300 naming the tenant, and its session runs the next query normally.
+/// A queue timeout is ERROR 53300 naming the tenant, and the same session then runs queries.
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_timeout_is_an_error_and_the_session_survives() {
     let tenants = provision(&["queue_timeout"]).await;
@@ -509,8 +515,7 @@ async fn queue_timeout_is_an_error_and_the_session_survives() {
     );
 }
 
-/// With `max_waiting = 1`, one client may wait for a busy pool and the next is refused at
-/// once with 53300, long before the queue timeout; the one that waited is served later.
+/// Over `max_waiting`, a client gets 53300 at once instead of queueing; the waiter is served.
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_cap_refuses_the_extra_waiter_at_once() {
     let tenants = provision(&["wait_cap"]).await;
@@ -581,9 +586,7 @@ async fn tight_loop(client: &Client, n: usize) -> (usize, Vec<DbError>) {
     (ok, limited)
 }
 
-/// A tenant over its transaction rate gets ERROR 53400 naming it and its limit, across all
-/// its sessions, while another tenant is unaffected; the session stays usable, and a reload
-/// raising the limit applies to the connected session.
+/// Over its rate a tenant gets ERROR 53400, others do not, and a reload raising it applies live.
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_refuses_excess_transactions_and_reload_raises_it() {
     let tenants = provision(&["rate_limited", "rate_free"]).await;
@@ -611,7 +614,8 @@ async fn rate_limit_refuses_excess_transactions_and_reload_raises_it() {
     for db in &refused {
         assert_eq!(db.severity(), "ERROR", "{db:?}");
         assert!(
-            db.message().contains("tenant \"rate_limited\"") && db.message().contains('5'),
+            db.message().contains("tenant \"rate_limited\"")
+                && db.message().contains("5 transactions per second"),
             "the message must name the tenant and its limit: {}",
             db.message()
         );
@@ -652,8 +656,7 @@ async fn rate_limit_refuses_excess_transactions_and_reload_raises_it() {
 // Client connection cap
 // ---------------------------------------------------------------------------------------
 
-/// With `max_client_connections = 2`, a third login gets FATAL 53300 naming the tenant;
-/// when a client leaves, exactly one new login fits again.
+/// Over `max_client_connections` a login gets FATAL 53300, until a client of the tenant leaves.
 #[tokio::test(flavor = "multi_thread")]
 async fn client_cap_refuses_logins_over_it_until_a_client_leaves() {
     let tenants = provision(&["client_cap"]).await;
@@ -710,9 +713,7 @@ async fn client_cap_refuses_logins_over_it_until_a_client_leaves() {
 // Dynamic tiering
 // ---------------------------------------------------------------------------------------
 
-/// With dynamic tiering every 200 ms: the busiest tenant is promoted to hot and its pool
-/// grows to 3, an idle one is demoted to cold and its idle backends shrink to 1, and when
-/// another tenant becomes the busiest the first is demoted from hot again.
+/// Dynamic tiering promotes the busiest tenant to hot, demotes the idle one to cold and back.
 #[tokio::test(flavor = "multi_thread")]
 async fn tiers_follow_load() {
     // Tenants of equal load rank by name, so `dyn_0` ranks first while nobody has load yet
@@ -834,8 +835,7 @@ async fn tiers_follow_load() {
 // Taking idle connections when the budget is spent
 // ---------------------------------------------------------------------------------------
 
-/// With the budget spent, a tenant that needs a backend takes a cold tenant's idle one at
-/// once instead of waiting for the queue timeout; the cold tenant is served again later.
+/// With the budget spent, a tenant gets a cold tenant's idle backend at once, not after a wait.
 #[tokio::test(flavor = "multi_thread")]
 async fn full_budget_takes_a_cold_tenants_idle_connection() {
     let tenants = provision(&["evict_cold", "evict_busy", "evict_new"]).await;
@@ -906,4 +906,163 @@ async fn full_budget_takes_a_cold_tenants_idle_connection() {
     b1.batch_execute("COMMIT").await.unwrap();
     b2.batch_execute("COMMIT").await.unwrap();
     drop(c);
+}
+
+// ---------------------------------------------------------------------------------------
+// Budget reload and pool creation
+// ---------------------------------------------------------------------------------------
+
+/// A reload lowering the budget closes idle backends until the tenants are within it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_lowering_the_budget_closes_idle_backends_above_it() {
+    let tenants = provision(&["shrink_a", "shrink_b"]).await;
+    let budget = |max_connections: usize| {
+        move |file: &mut ConfigFile| {
+            file.budget.max_connections = max_connections;
+            file.budget.reserve = 2;
+            file.tiers.hot = 4;
+            file.tiers.warm = 4;
+            file.tiers.cold = 1;
+            file.tiers.initial = Tier::Warm;
+            file.tiers.dynamic = false;
+        }
+    };
+    let proxy = Proxy::with(serving(&tenants, budget(12))).await;
+    let su = fleet().superuser().await;
+    let roles: Vec<String> = tenants.iter().map(|t| t.name.clone()).collect();
+
+    // Four idle backends per tenant: 8 of the 10 the budget allows.
+    let mut clients = Vec::new();
+    for tenant in &tenants {
+        for _ in 0..4 {
+            let client = connect(&proxy, tenant).await;
+            client.batch_execute("BEGIN").await.unwrap();
+            clients.push(client);
+        }
+    }
+    for client in &clients {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    let open = sessions_by_role(&su, &roles).await;
+    assert_eq!(open.values().sum::<i64>(), 8, "{open:?}");
+
+    proxy
+        .handle
+        .reload(serving(&tenants, budget(6)).config())
+        .unwrap();
+    let (su_ref, roles_ref) = (&su, &roles);
+    wait_until(
+        "tenant backends down to the new budget of 4",
+        Duration::from_secs(10),
+        || async move {
+            sessions_by_role(su_ref, roles_ref)
+                .await
+                .values()
+                .sum::<i64>()
+                <= 4
+        },
+    )
+    .await;
+
+    let seen = Sampler::start(roles.clone()).await;
+    for client in &clients {
+        try_scalar(client, "SELECT 1").await.unwrap();
+    }
+    let seen = seen.finish().await;
+    assert!(
+        seen.max_total <= 4,
+        "clients served under the new budget: {seen:?}"
+    );
+}
+
+/// Simultaneous first logins of unused tenants all get in; none finds its pool closed under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_logins_arriving_together_all_get_in() {
+    const TENANTS: usize = 60;
+    const PER_TENANT: usize = 6;
+    const ROUNDS: usize = 10;
+
+    let names: Vec<String> = (0..TENANTS).map(|i| format!("first_{i:02}")).collect();
+    let tenants = provision_cheaply(&names).await;
+    for round in 0..ROUNDS {
+        // A new proxy each round: every login is among the first of its tenant.
+        let proxy = Proxy::with(serving(&tenants, |_| {})).await;
+        let mut pending = JoinSet::new();
+        for tenant in &tenants {
+            for _ in 0..PER_TENANT {
+                pending.spawn(scram_until_last_message(proxy.addr, tenant.clone()));
+            }
+        }
+        let mut ready = Vec::new();
+        while let Some(login) = bounded("logins", pending.join_next()).await {
+            ready.push(login.unwrap());
+        }
+        // The last SCRAM messages go out back to back, grouped by tenant.
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, stream, last) in &mut ready {
+            stream.write_all(last).await.unwrap();
+        }
+
+        let mut refused = Vec::new();
+        for (_, mut stream, _) in ready {
+            if let Err(error) = login_outcome(&mut stream).await {
+                refused.push(error);
+            }
+        }
+        assert!(
+            refused.is_empty(),
+            "round {round}: {} of {} simultaneous first logins refused, e.g. {:?}",
+            refused.len(),
+            TENANTS * PER_TENANT,
+            refused.first()
+        );
+    }
+}
+
+/// Runs a SCRAM login by hand up to the client's last message, which it returns unsent.
+async fn scram_until_last_message(
+    addr: std::net::SocketAddr,
+    tenant: DemoTenant,
+) -> (String, TcpStream, bytes::BytesMut) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let params = [
+        ("user", tenant.user.as_str()),
+        ("database", tenant.name.as_str()),
+    ];
+    stream
+        .write_all(&startup_packet(3, 0, &params))
+        .await
+        .unwrap();
+    let (tag, body) = read_message(&mut stream).await.unwrap();
+    assert_eq!((tag, auth_code(&body)), (b'R', 10), "AuthenticationSASL");
+
+    let mut scram = ScramSha256::new(
+        tenant.user_password.as_bytes(),
+        ChannelBinding::unsupported(),
+    );
+    let mut out = bytes::BytesMut::new();
+    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let (tag, body) = read_message(&mut stream).await.unwrap();
+    assert_eq!(
+        (tag, auth_code(&body)),
+        (b'R', 11),
+        "AuthenticationSASLContinue"
+    );
+    scram.update(&body[4..]).unwrap();
+    let mut last = bytes::BytesMut::new();
+    frontend::sasl_response(scram.message(), &mut last).unwrap();
+    (tenant.name, stream, last)
+}
+
+/// Reads up to ReadyForQuery (logged in) or an ErrorResponse (its fields).
+async fn login_outcome(stream: &mut TcpStream) -> Result<(), HashMap<char, String>> {
+    loop {
+        let (tag, body) = bounded("login", read_message(stream)).await.unwrap();
+        match tag {
+            b'Z' => return Ok(()),
+            b'E' => return Err(error_fields(&body)),
+            _ => {}
+        }
+    }
 }

@@ -74,10 +74,17 @@ impl Budget {
         self.waiting.load(Ordering::Acquire) > 0
     }
 
-    /// Changes the limit (reload).
+    /// Changes the limit (reload). Idle connections above a lower limit close at once;
+    /// busy ones close as they come back.
     pub fn resize(&self, limit: usize) {
         self.capacity.resize(limit);
         m::budget_limit(limit);
+        while self.over_limit() && self.evict_one("") {}
+    }
+
+    /// Whether more connections are open than the limit allows (after a lowering reload).
+    pub fn over_limit(&self) -> bool {
+        self.used() > self.limit()
     }
 
     /// Registers a pool whose idle connections may be taken; returns its member id.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 pub use budget::Budget;
 pub use governor::{ClientPlace, Governor, Governors};
@@ -35,7 +36,8 @@ pub enum PoolError {
     /// Every connection of the tenant stayed busy for the whole wait, or too many clients
     /// were already waiting.
     #[error(
-        "no connection for tenant \"{tenant}\" within {waited:?} ({busy} of {size} busy, {waiting} waiting)"
+        "no connection for tenant \"{tenant}\" within {} ({busy} of {size} busy, {waiting} waiting)",
+        human(*waited)
     )]
     Timeout {
         /// Tenant name.
@@ -51,7 +53,8 @@ pub enum PoolError {
     },
     /// The global budget stayed spent for the whole wait.
     #[error(
-        "no connection for tenant \"{tenant}\" within {waited:?} (backend connection budget spent: {used} of {limit})"
+        "no connection for tenant \"{tenant}\" within {} (backend connection budget spent: {used} of {limit})",
+        human(*waited)
     )]
     Budget {
         /// Tenant name.
@@ -93,6 +96,15 @@ impl PoolError {
     }
 }
 
+/// A wait as people write it: `5s`, `300ms`, `0s`.
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 /// What a client may learn about a failed backend login: the server's own words, not ours.
 fn connect_detail(e: &ConnectError) -> String {
     match e {
@@ -122,7 +134,8 @@ impl Pools {
         }
     }
 
-    /// The pool for `tenant`, created if missing or if its backend identity changed.
+    /// The pool for `tenant`, created if missing or if its backend identity changed. The
+    /// check and the insert are one step, so logins arriving together share one pool.
     pub fn for_tenant(&self, tenant: &Arc<Tenant>, config: &Config) -> Arc<TenantPool> {
         if let Some(pool) = self.pools.get(&tenant.name)
             && pool.tenant.same_backend(tenant)
@@ -130,19 +143,29 @@ impl Pools {
             return pool.clone();
         }
 
+        match self.pools.entry(tenant.name.clone()) {
+            Entry::Occupied(entry) if entry.get().tenant.same_backend(tenant) => {
+                entry.get().clone()
+            }
+            Entry::Occupied(mut entry) => {
+                let pool = self.new_pool(tenant, config);
+                entry.insert(pool.clone()).close();
+                pool
+            }
+            Entry::Vacant(entry) => entry.insert(self.new_pool(tenant, config)).clone(),
+        }
+    }
+
+    fn new_pool(&self, tenant: &Arc<Tenant>, config: &Config) -> Arc<TenantPool> {
         let governor = self.governors.for_tenant(tenant, config);
         let size = pool_size(tenant, &governor, config);
-        let pool = TenantPool::new(
+        TenantPool::new(
             tenant.clone(),
             governor,
             config.backend.clone(),
             self.budget.clone(),
             size,
-        );
-        if let Some(old) = self.pools.insert(tenant.name.clone(), pool.clone()) {
-            old.close();
-        }
-        pool
+        )
     }
 
     /// After a reload: new budget and limits, pools resized; pools whose tenant is gone or

@@ -212,7 +212,8 @@ impl TenantPool {
         self.metrics.in_use.set(self.capacity.in_use() as f64);
 
         let over_size = self.open.load(Ordering::Acquire) > self.capacity.size();
-        let yield_slot = self.budget.under_pressure() && self.waiting.load(Ordering::Acquire) == 0;
+        let yield_slot = self.budget.over_limit()
+            || (self.budget.under_pressure() && self.waiting.load(Ordering::Acquire) == 0);
         if self.closed.load(Ordering::Acquire) || over_size || yield_slot {
             self.closed_one();
             return;
