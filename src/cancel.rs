@@ -53,15 +53,35 @@ impl CancelSlot {
     }
 }
 
+type Sessions = DashMap<i32, (i32, Arc<CancelSlot>)>;
+
 /// Client cancel keys of every live session.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    sessions: DashMap<i32, (i32, Arc<CancelSlot>)>,
+    sessions: Arc<Sessions>,
+}
+
+/// A session's registered cancel key; unregistered when dropped, on every exit path.
+#[derive(Debug)]
+pub struct CancelKey {
+    /// The pid the client was given.
+    pub pid: i32,
+    /// The secret the client was given.
+    pub secret: i32,
+    /// Where cancels for this client go.
+    pub slot: Arc<CancelSlot>,
+    sessions: Arc<Sessions>,
+}
+
+impl Drop for CancelKey {
+    fn drop(&mut self) {
+        self.sessions.remove(&self.pid);
+    }
 }
 
 impl CancelRegistry {
     /// Issues a fresh (pid, secret) pair and its slot.
-    pub fn register(&self) -> (i32, i32, Arc<CancelSlot>) {
+    pub fn register(&self) -> CancelKey {
         let slot = Arc::new(CancelSlot::default());
         let mut rng = rand::rng();
         loop {
@@ -70,14 +90,14 @@ impl CancelRegistry {
             let entry = self.sessions.entry(pid);
             if let dashmap::Entry::Vacant(v) = entry {
                 v.insert((secret, slot.clone()));
-                return (pid, secret, slot);
+                return CancelKey {
+                    pid,
+                    secret,
+                    slot,
+                    sessions: self.sessions.clone(),
+                };
             }
         }
-    }
-
-    /// Forgets a session's key.
-    pub fn unregister(&self, pid: i32) {
-        self.sessions.remove(&pid);
     }
 
     /// Forwards a cancel to the backend running the client's query, if any.

@@ -61,6 +61,8 @@ pub enum Event {
     },
     /// A `Parse` under this proxy name failed: the backend does not have it.
     ParseFailed(String),
+    /// An unnamed `Parse` failed or was skipped: the backend's unnamed statement is unknown.
+    UnnamedParseFailed,
 }
 
 /// The backend sent something that does not fit what was asked.
@@ -80,8 +82,11 @@ pub struct Pipeline {
     open_batch: bool,
     /// The backend is in COPY FROM STDIN: it ignores `Sync` until `CopyDone`/`CopyFail`.
     copy_in: bool,
-    /// The effect of the current simple query, once its `CommandComplete` arrived.
-    completed: Option<Effect>,
+    /// Effects of statements that completed since the last `ReadyForQuery`; reported with
+    /// its status, dropped if an error rolls the implicit transaction back.
+    completed: Vec<Effect>,
+    /// An error arrived before the client's `Sync`: the backend ignores everything until it.
+    skipping: bool,
     /// The session effect of executing the unnamed portal, if its statement has one.
     pub portal_effect: Option<Effect>,
     /// Status byte of the last `ReadyForQuery`.
@@ -91,6 +96,15 @@ pub struct Pipeline {
 impl Pipeline {
     /// Records a message sent (or answered by the proxy).
     pub fn push(&mut self, expect: Expect, out: &mut BytesMut) {
+        // Whatever status the backend last reported, it is not idle for this request.
+        self.status = None;
+        if self.skipping {
+            if expect != Expect::Sync {
+                return;
+            }
+            self.skipping = false;
+        }
+
         match expect {
             Expect::Sync | Expect::Query(_) => self.open_batch = false,
             _ => self.open_batch = true,
@@ -104,9 +118,16 @@ impl Pipeline {
         self.queue.clear();
         self.open_batch = false;
         self.copy_in = false;
-        self.completed = None;
+        self.completed.clear();
+        self.skipping = false;
         self.portal_effect = None;
         self.status = None;
+    }
+
+    /// Whether the backend is skipping messages up to the client's next `Sync`, so client
+    /// messages until then need no translation and earn no response.
+    pub fn skipping(&self) -> bool {
+        self.skipping
     }
 
     /// Marks an extended-protocol message that earns no response (`Flush`, COPY data).
@@ -124,9 +145,10 @@ impl Pipeline {
         self.copy_in = false;
     }
 
-    /// True when the backend owes nothing and no extended batch is open.
+    /// True when the backend owes nothing, no extended batch is open, and it is not
+    /// skipping messages while waiting for a `Sync`.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.open_batch
+        self.queue.is_empty() && !self.open_batch && !self.skipping
     }
 
     /// Handles one backend frame. Returns whether to forward it to the client; synthesized
@@ -242,14 +264,14 @@ impl Pipeline {
             }
             Some(Expect::ExecuteEffect(_)) => {
                 if let Some(Expect::ExecuteEffect(effect)) = self.queue.pop_front() {
-                    self.completed = Some(effect);
+                    self.completed.push(effect);
                 }
                 Ok(true)
             }
             Some(Expect::Query(effect)) => {
                 let effect = std::mem::replace(effect, Effect::None);
                 if effect != Effect::None {
-                    self.completed = Some(effect);
+                    self.completed.push(effect);
                 }
                 Ok(true)
             }
@@ -263,7 +285,7 @@ impl Pipeline {
             Some(Expect::Sync | Expect::Query(_)) => {
                 self.queue.pop_front();
                 self.status = Some(status);
-                if let Some(effect) = self.completed.take() {
+                for effect in self.completed.drain(..) {
                     events.push(Event::Completed { effect, status });
                 }
                 Ok(true)
@@ -278,22 +300,27 @@ impl Pipeline {
             if let Some(Expect::Query(effect)) = self.queue.front_mut() {
                 *effect = Effect::None;
             }
-            self.completed = None;
+            self.completed.clear();
             return;
         }
 
-        self.completed = None;
+        self.completed.clear();
         while let Some(head) = self.queue.front() {
             if *head == Expect::Sync {
-                break;
+                return;
             }
-            if let Some(Expect::Parse {
-                name: Some(name), ..
-            }) = self.queue.pop_front()
-            {
-                events.push(Event::ParseFailed(name));
+            match self.queue.pop_front() {
+                Some(Expect::Parse {
+                    name: Some(name), ..
+                }) => {
+                    events.push(Event::ParseFailed(name));
+                }
+                Some(Expect::Parse { name: None, .. }) => events.push(Event::UnnamedParseFailed),
+                _ => {}
             }
         }
+        // No Sync sent yet: the backend now ignores everything up to the client's next one.
+        self.skipping = true;
     }
 }
 

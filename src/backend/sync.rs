@@ -75,6 +75,11 @@ async fn run_plan(
         return Ok(Vec::new());
     }
 
+    // Simple queries destroy the unnamed statement, and the connection's state changes:
+    // whoever leased it must not trust what it knew before.
+    conn.unnamed = None;
+    conn.fingerprint = None;
+
     let mut out = BytesMut::new();
     for (sql, _) in &plan {
         message::put_query(&mut out, sql);

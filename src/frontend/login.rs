@@ -78,8 +78,8 @@ pub async fn login(
         Err(error) => return Err(refuse(&mut stream, error).await),
     };
 
-    let (pid, secret, cancel) = shared.cancels.register();
-    greet(&mut stream, &state.reported, pid, secret).await?;
+    let cancel = shared.cancels.register();
+    greet(&mut stream, &state.reported, cancel.pid, cancel.secret).await?;
 
     crate::metrics::login("ok");
     tracing::info!(pool_mode = ?tenant.pool_mode, "session started");
@@ -88,7 +88,7 @@ pub async fn login(
         pool,
         stream,
         state,
-        (pid, cancel),
+        cancel,
         place,
     ))
 }

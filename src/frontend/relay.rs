@@ -52,6 +52,10 @@ impl Relay<'_> {
     /// Relays one complete client frame.
     pub fn frame(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let tag = frame.first().copied().unwrap_or(0);
+        if self.pipeline.skipping() && !matches!(tag, b'S' | b'X') {
+            return Ok(self.forward(frame, None));
+        }
+
         match tag {
             b'Q' => self.query(frame),
             b'P' => self.parse(frame),
@@ -68,7 +72,12 @@ impl Relay<'_> {
                 self.pipeline.copy_in_ended();
                 Ok(self.forward(frame, None))
             }
-            b'F' => Ok(self.forward(frame, Some(Expect::Query(Effect::None)))),
+            b'F' => {
+                // A fast-path call can reach any function, set_config or advisory locks
+                // included, and its effect cannot be read from the call.
+                self.forward(frame, Some(Expect::Query(Effect::None)));
+                Ok(Flow::Pin("FunctionCall"))
+            }
             b'H' | b'd' => Ok(self.forward(frame, None)),
             b'X' => Ok(Flow::Terminate),
             _ => Err(BodyError { tag: tag as char }),

@@ -24,11 +24,27 @@ use crate::metrics as m;
 /// Client settings (sorted) → the parameters PostgreSQL reported after applying them.
 type LoginParamCache = HashMap<Vec<(String, String)>, HashMap<String, String>>;
 
+/// Counts a connection as open in its pool for as long as it lives, whichever way it ends
+/// (released, discarded, evicted, or dropped on a path nobody planned for).
+#[derive(Debug)]
+struct Opened {
+    open: Arc<AtomicUsize>,
+    gauge: metrics::Gauge,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.decrement(1.0);
+    }
+}
+
 /// An idle connection and its share of the budget.
 #[derive(Debug)]
 struct Idle {
     conn: BackendConn,
     slot: Slot,
+    opened: Opened,
 }
 
 /// A connection on loan to one client.
@@ -37,6 +53,7 @@ pub struct Lease {
     /// The connection.
     pub conn: BackendConn,
     slot: Slot,
+    opened: Opened,
     _permit: Permit,
     since: Instant,
 }
@@ -54,7 +71,7 @@ pub struct TenantPool {
     budget: Arc<Budget>,
     capacity: Arc<Capacity>,
     idle: Mutex<VecDeque<Idle>>,
-    open: AtomicUsize,
+    open: Arc<AtomicUsize>,
     waiting: AtomicUsize,
     closed: AtomicBool,
     member: OnceLock<u64>,
@@ -79,7 +96,7 @@ impl TenantPool {
             budget: budget.clone(),
             capacity: Capacity::new(size),
             idle: Mutex::new(VecDeque::new()),
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             member: OnceLock::new(),
@@ -98,36 +115,36 @@ impl TenantPool {
         let permit = self.wait_for_permit(deadline, wait).await?;
         self.metrics.wait.record(started.elapsed().as_secs_f64());
 
-        if let Some(Idle { conn, slot }) = self.take_idle() {
-            return Ok(self.lease(conn, slot, permit));
+        if let Some(Idle { conn, slot, opened }) = self.take_idle() {
+            return Ok(self.lease(conn, slot, opened, permit));
         }
 
         let slot = self.budget_slot(deadline, wait).await?;
         let conn = connect(&self.settings, &self.tenant).await?;
-        self.opened(&conn);
-        Ok(self.lease(conn, slot, permit))
+        let opened = self.opened(&conn);
+        Ok(self.lease(conn, slot, opened, permit))
     }
 
-    fn lease(&self, conn: BackendConn, slot: Slot, permit: Permit) -> Lease {
+    fn lease(&self, conn: BackendConn, slot: Slot, opened: Opened, permit: Permit) -> Lease {
         self.metrics.in_use.set(self.capacity.in_use() as f64);
         Lease {
             conn,
             slot,
+            opened,
             _permit: permit,
             since: Instant::now(),
         }
     }
 
-    fn opened(&self, conn: &BackendConn) {
+    fn opened(&self, conn: &BackendConn) -> Opened {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.defaults.get_or_init(|| conn.reported.clone());
         self.metrics.backends.increment(1.0);
         tracing::debug!(tenant = %self.tenant.name, backend = conn.id, pid = conn.key.pid, "backend connection opened");
-    }
-
-    fn closed_one(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.backends.decrement(1.0);
+        Opened {
+            open: self.open.clone(),
+            gauge: self.metrics.backends.clone(),
+        }
     }
 
     async fn wait_for_permit(
@@ -194,7 +211,6 @@ impl TenantPool {
                 backend = idle.conn.id,
                 "idle backend connection went away; discarded"
             );
-            self.closed_one();
         }
     }
 
@@ -204,6 +220,7 @@ impl TenantPool {
         let Lease {
             mut conn,
             slot,
+            opened,
             _permit,
             since,
         } = lease;
@@ -215,13 +232,12 @@ impl TenantPool {
         let yield_slot = self.budget.over_limit()
             || (self.budget.under_pressure() && self.waiting.load(Ordering::Acquire) == 0);
         if self.closed.load(Ordering::Acquire) || over_size || yield_slot {
-            self.closed_one();
             return;
         }
 
         conn.idle_since = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
-            idle.push_back(Idle { conn, slot });
+            idle.push_back(Idle { conn, slot, opened });
             self.metrics.idle.increment(1.0);
         }
     }
@@ -230,7 +246,6 @@ impl TenantPool {
     pub fn discard(&self, lease: Lease) {
         tracing::debug!(tenant = %self.tenant.name, backend = lease.conn.id, "backend connection discarded");
         self.governor.add_busy(lease.since.elapsed());
-        self.closed_one();
         drop(lease);
         self.metrics.in_use.set(self.capacity.in_use() as f64);
     }
@@ -246,7 +261,6 @@ impl TenantPool {
         match evicted {
             Some(idle) => {
                 self.metrics.idle.decrement(1.0);
-                self.closed_one();
                 drop(idle);
                 true
             }
@@ -292,7 +306,6 @@ impl TenantPool {
         };
         for idle in expired {
             self.metrics.idle.decrement(1.0);
-            self.closed_one();
             drop(idle);
         }
     }

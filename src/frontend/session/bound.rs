@@ -208,6 +208,7 @@ impl Session {
             Event::ParseFailed(name) => {
                 lease.conn.prepared.remove(&name);
             }
+            Event::UnnamedParseFailed => lease.conn.unnamed = None,
             Event::Completed { effect, status } => {
                 if status != b'I' && effect.is_transactional() {
                     // A ROLLBACK could still undo it; only this backend knows the outcome.

@@ -16,7 +16,7 @@ use super::stream::ClientStream;
 use crate::backend::conn::BackendIoError;
 use crate::backend::pipeline::Pipeline;
 use crate::backend::sync;
-use crate::cancel::CancelSlot;
+use crate::cancel::CancelKey;
 use crate::metrics as m;
 use crate::pool::{ClientPlace, Lease, PoolError, TenantPool};
 use crate::protocol::frame::next_frame;
@@ -95,8 +95,7 @@ pub struct Session {
     rbuf: BytesMut,
     wbuf: BytesMut,
     state: ClientState,
-    pid: i32,
-    cancel: Arc<CancelSlot>,
+    cancel: CancelKey,
     pinned: Option<&'static str>,
     stats: SessionStats,
     pipeline: Pipeline,
@@ -111,7 +110,7 @@ impl Session {
         pool: Arc<TenantPool>,
         client: ClientStream,
         state: ClientState,
-        (pid, cancel): (i32, Arc<CancelSlot>),
+        cancel: CancelKey,
         place: ClientPlace,
     ) -> Self {
         pool.metrics.clients.increment(1.0);
@@ -122,7 +121,6 @@ impl Session {
             rbuf: BytesMut::with_capacity(8 * 1024),
             wbuf: BytesMut::with_capacity(8 * 1024),
             state,
-            pid,
             cancel,
             pinned: None,
             stats: SessionStats::default(),
@@ -234,7 +232,7 @@ impl Session {
             return Err(SessionError::Fatal(err));
         }
 
-        self.cancel.set(Some(lease.conn.key));
+        self.cancel.slot.set(Some(lease.conn.key));
         Ok(Some(lease))
     }
 
@@ -306,7 +304,9 @@ impl Session {
     /// Answers the pending request with an ERROR: a simple query gets the error and
     /// `ReadyForQuery`; an extended batch is skipped up to its `Sync`.
     async fn reject_request(&mut self, err: &ClientError) -> Result<(), SessionError> {
+        // Sent at once: a client that ended its batch with Flush waits for it before Sync.
         err.encode(&mut self.wbuf);
+        self.flush_client().await?;
         loop {
             let Some(h) = next_frame(&self.rbuf).map_err(|e| self.protocol_error(e))? else {
                 self.fill_client().await?;

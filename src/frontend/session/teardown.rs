@@ -20,7 +20,7 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Session {
     pub(super) fn release(&mut self, mut lease: Lease) {
-        self.cancel.set(None);
+        self.cancel.slot.set(None);
 
         // Changes during the transaction reached both sides, so the backend is in this
         // client's state, unless a RESET left it at the server default while the client
@@ -40,7 +40,7 @@ impl Session {
         error: BackendIoError,
     ) -> SessionError {
         tracing::warn!(%error, backend = lease.conn.id, "backend connection lost mid-transaction");
-        self.cancel.set(None);
+        self.cancel.slot.set(None);
         self.pool.discard(lease);
 
         let err = backend_lost();
@@ -53,7 +53,7 @@ impl Session {
 
     /// The client left while bound: clean the backend before anyone else gets it.
     pub(super) async fn leave(&mut self, lease: Lease, pipeline: &Pipeline) {
-        self.cancel.set(None);
+        self.cancel.slot.set(None);
         if !pipeline.is_idle() {
             // A statement is still running: stop it, then close the connection, so its
             // transaction rolls back and its locks go away at once.
@@ -89,7 +89,6 @@ impl Session {
         if self.pinned.is_some() && self.pool.tenant.pool_mode == PoolMode::Transaction {
             m::pinned(-1.0);
         }
-        self.shared.cancels.unregister(self.pid);
         self.pool.metrics.clients.decrement(1.0);
         let _ = self.client.shutdown().await;
     }
