@@ -37,6 +37,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Sessions currently open.
     pub sessions: AtomicUsize,
+    /// Signalled to end the drain at once (a second SIGINT/SIGTERM).
+    force: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -94,13 +96,15 @@ impl ServerHandle {
         let tls = load_tls(&config)?;
         let config = Arc::new(config);
 
-        self.shared.pools.apply(&config);
+        // The new snapshot first, so a login resolving its tenant now sees the new pools'
+        // configuration rather than recreating a pool from the old one.
         if let Ok(mut slot) = self.shared.tls.write() {
             *slot = tls;
         }
         if let Ok(mut slot) = self.shared.config.write() {
-            *slot = config;
+            *slot = config.clone();
         }
+        self.shared.pools.apply(&config);
         tracing::info!("configuration reloaded");
         Ok(())
     }
@@ -108,6 +112,12 @@ impl ServerHandle {
     /// Starts a graceful shutdown.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Ends the drain now: sessions still open are closed.
+    pub fn shutdown_now(&self) {
+        self.shutdown();
+        self.shared.force.notify_one();
     }
 
     /// Sessions currently open.
@@ -143,6 +153,7 @@ impl Server {
             decoy_secret: crate::frontend::scram::decoy_secret(),
             shutdown,
             sessions: AtomicUsize::new(0),
+            force: tokio::sync::Notify::new(),
         });
         let handle = ServerHandle {
             shared,
@@ -201,12 +212,13 @@ async fn drain(shared: &Shared, mut sessions: JoinSet<()>) {
         "shutting down: draining sessions"
     );
 
-    let finished = tokio::time::timeout(limit, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
+    let all_done = async { while sessions.join_next().await.is_some() {} };
+    let finished = tokio::select! {
+        done = tokio::time::timeout(limit, all_done) => done.is_ok(),
+        _ = shared.force.notified() => false,
+    };
 
-    if finished.is_err() {
+    if !finished {
         tracing::warn!(
             left = sessions.len(),
             "drain timeout reached; closing remaining sessions"

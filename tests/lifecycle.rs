@@ -186,6 +186,27 @@ async fn shutdown_ends_idle_sessions_and_the_server_task() {
     assert_eq!(proxy.handle.sessions(), 0);
 }
 
+/// `shutdown()` with session-mode and pinned clients between transactions: they end at once
+/// with the idle ones (HANG is far below the drain timeout), not when the drain times out.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_clients_that_hold_a_backend_between_transactions() {
+    let mut proxy = Proxy::with(ProxyOptions {
+        pool_mode: pgtenant::config::PoolMode::Session,
+        shutdown_timeout: Duration::from_secs(600),
+        ..ProxyOptions::default()
+    })
+    .await;
+    let session_client = proxy.connect("acme").await;
+    assert_eq!(select_one(&session_client).await.unwrap(), 1);
+
+    proxy.handle.shutdown();
+    let task = proxy.task.take().expect("server task");
+    bounded("server task after shutdown", task)
+        .await
+        .expect("server task must finish cleanly");
+    assert_ended_by_shutdown(select_one(&session_client).await);
+}
+
 /// `shutdown()` mid-transaction: the listener closes, yet the transaction can still COMMIT.
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_lets_a_running_transaction_commit() {

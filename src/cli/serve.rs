@@ -44,14 +44,24 @@ async fn watch_signals(handle: ServerHandle, path: PathBuf) {
         return;
     };
 
+    let mut stopping = false;
     loop {
-        tokio::select! {
-            _ = hup.recv() => reload(&handle, &path),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+        let stop = tokio::select! {
+            _ = hup.recv() => false,
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+        };
+        if !stop {
+            reload(&handle, &path);
+        } else if !stopping {
+            tracing::info!("stopping: draining sessions (signal again to stop at once)");
+            handle.shutdown();
+            stopping = true;
+        } else {
+            handle.shutdown_now();
+            return;
         }
     }
-    handle.shutdown();
 }
 
 fn reload(handle: &ServerHandle, path: &Path) {

@@ -165,28 +165,41 @@ pub fn rate(
     Ok(Some(Rate { per_second, burst }))
 }
 
-/// The tenants' smallest pools must fit in the budget: a tenant with its own `pool_size`
-/// needs that many, every other tenant at least the cold tier's size.
+/// The smallest pool a tenant can have: its own `pool_size`, its pinned tier's size, the
+/// initial tier's size when tiering is off, or else the cold size.
+fn smallest_pool(t: &Tenant, tiers: &TierSettings) -> usize {
+    let floor = if tiers.dynamic {
+        tiers.sizes.cold
+    } else {
+        tiers.sizes.of(tiers.initial)
+    };
+    t.pool_size
+        .or_else(|| t.tier.map(|tier| tiers.sizes.of(tier)))
+        .unwrap_or(floor)
+}
+
+/// The tenants' smallest pools must fit in the budget.
 pub fn check_fit(
     tenants: &HashMap<String, Arc<Tenant>>,
     budget: &BudgetSettings,
     tiers: &TierSettings,
 ) -> Result<(), ConfigError> {
-    let need: usize = tenants
-        .values()
-        .map(|t| t.pool_size.unwrap_or(tiers.sizes.cold))
-        .sum();
+    let need: usize = tenants.values().map(|t| smallest_pool(t, tiers)).sum();
 
     if need > budget.for_tenants() {
         let msg = format!(
             "{} minus reserve {} leaves {} connections, but the {} tenants need at least {} \
-             (their pool_size, or the cold tier size {})",
+             (their pool_size, pinned tier, or smallest tier size {})",
             budget.max_connections,
             budget.reserve,
             budget.for_tenants(),
             tenants.len(),
             need,
-            tiers.sizes.cold
+            if tiers.dynamic {
+                tiers.sizes.cold
+            } else {
+                tiers.sizes.of(tiers.initial)
+            }
         );
         return Err(invalid("budget.max_connections", msg));
     }

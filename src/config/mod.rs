@@ -389,6 +389,18 @@ mod tests {
     }
 
     #[test]
+    fn pinned_tiers_count_at_their_size() {
+        let mut text = String::from(
+            "[proxy]\ntls = \"disabled\"\n[budget]\nmax_connections = 10\nreserve = 2\n",
+        );
+        for i in 0..3 {
+            text.push_str(&format!("[[tenants]]\nname = \"t{i}\"\ntier = \"hot\"\n"));
+        }
+        let err = parse(&text).expect_err("3 hot tenants need 15, 8 available");
+        assert!(err.to_string().contains("need at least 15"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = toml::from_str::<ConfigFile>("[proxy]\nlisten_addr = \"x\"\n")
             .expect_err("unknown key must fail");

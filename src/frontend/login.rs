@@ -60,7 +60,11 @@ pub async fn login(
         auth::send_failure(&mut stream, &request.user).await;
         return Err(error.into());
     }
-    let Some(tenant) = tenant else {
+    // Authentication can take a while; a reload meanwhile may have changed or removed the
+    // tenant, so the rest of the login uses the configuration as it is now.
+    let config = &shared.config();
+    let Some(tenant) = tenant.and_then(|t| config.tenants.get(&t.name).cloned()) else {
+        auth::send_failure(&mut stream, &request.user).await;
         return Err(AuthError::Unknown.into());
     };
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::capacity::{Capacity, Permit, TakeError};
-use super::tenant_pool::TenantPool;
+use super::tenant_pool::{TenantPool, Waiting};
 use crate::metrics as m;
 
 /// How often a tenant waiting for the budget looks again for idle connections to take.
@@ -115,9 +115,9 @@ impl Budget {
             }
 
             let round = deadline.min(Instant::now() + EVICTION_RECHECK);
-            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let guard = Waiting::counted(&self.waiting, None);
             let taken = self.capacity.take(round).await;
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            drop(guard);
 
             match taken {
                 Ok(permit) => return Ok(self.issue(permit)),

@@ -39,6 +39,37 @@ impl Drop for Opened {
     }
 }
 
+/// One client counted as waiting for as long as it waits, however the wait ends.
+pub(super) struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    gauge: Option<&'a metrics::Gauge>,
+}
+
+impl<'a> Waiting<'a> {
+    /// Counts one more waiter.
+    pub(super) fn enter(count: &'a AtomicUsize, gauge: &'a metrics::Gauge) -> Self {
+        Self::counted(count, Some(gauge))
+    }
+
+    /// Counts one more waiter, without a gauge.
+    pub(super) fn counted(count: &'a AtomicUsize, gauge: Option<&'a metrics::Gauge>) -> Self {
+        let now = count.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(g) = gauge {
+            g.set(now as f64);
+        }
+        Self { count, gauge }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let now = self.count.fetch_sub(1, Ordering::AcqRel) - 1;
+        if let Some(g) = self.gauge {
+            g.set(now as f64);
+        }
+    }
+}
+
 /// An idle connection and its share of the budget.
 #[derive(Debug)]
 struct Idle {
@@ -160,15 +191,16 @@ impl TenantPool {
             return Ok(permit);
         }
 
-        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = self.waiting.load(Ordering::Acquire);
         if waiting >= self.governor.max_waiting() {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(self.timeout(Duration::ZERO, waiting));
         }
-        self.metrics.waiting.set((waiting + 1) as f64);
+
+        // Counted by a guard, so a waiter cancelled mid-wait (a login timing out) leaves.
+        let guard = Waiting::enter(&self.waiting, &self.metrics.waiting);
         let taken = self.capacity.take(deadline).await;
-        let waiting = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.metrics.waiting.set(waiting as f64);
+        drop(guard);
+        let waiting = self.waiting.load(Ordering::Acquire);
 
         match taken {
             Ok(permit) => Ok(permit),
@@ -231,15 +263,20 @@ impl TenantPool {
         let over_size = self.open.load(Ordering::Acquire) > self.capacity.size();
         let yield_slot = self.budget.over_limit()
             || (self.budget.under_pressure() && self.waiting.load(Ordering::Acquire) == 0);
-        if self.closed.load(Ordering::Acquire) || over_size || yield_slot {
+        if over_size || yield_slot {
             return;
         }
 
         conn.idle_since = Instant::now();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push_back(Idle { conn, slot, opened });
-            self.metrics.idle.increment(1.0);
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        // Checked under the lock that `close` takes, so nothing is idled in a retired pool.
+        if self.closed.load(Ordering::Acquire) {
+            return;
         }
+        idle.push_back(Idle { conn, slot, opened });
+        self.metrics.idle.increment(1.0);
     }
 
     /// Drops a connection that cannot be reused.
@@ -312,7 +349,9 @@ impl TenantPool {
 
     /// Stops handing out connections and closes the idle ones.
     pub fn close(&self) {
+        let guard = self.idle.lock();
         self.closed.store(true, Ordering::Release);
+        drop(guard);
         self.capacity.close();
         if let Some(id) = self.member.get() {
             self.budget.unregister(*id);

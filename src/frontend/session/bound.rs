@@ -41,9 +41,9 @@ impl Session {
                 self.release(lease);
                 Ok(Unbind::Release)
             }
-            Ok(Unbind::ClientGone) => {
+            Ok(unbind @ (Unbind::ClientGone | Unbind::Shutdown)) => {
                 self.leave(lease, pipeline).await;
-                Ok(Unbind::ClientGone)
+                Ok(unbind)
             }
             Err(Fault::Backend(error)) => Err(self.backend_failed(lease, error).await),
             Err(Fault::Client(error)) => {
@@ -71,6 +71,7 @@ impl Session {
         pipeline: &mut Pipeline,
         to_backend: &mut BytesMut,
     ) -> Result<Unbind, Fault> {
+        let mut shutdown = self.shared.shutdown.clone();
         loop {
             let flow = self.relay_client(lease, pipeline, to_backend)?;
             lease.conn.send(to_backend).await.map_err(Fault::Backend)?;
@@ -83,8 +84,19 @@ impl Session {
             if self.may_release(pipeline) {
                 return Ok(Unbind::Release);
             }
+            // Session-mode and pinned clients keep their backend between transactions; when
+            // the proxy stops, they end there instead of holding the drain to its timeout.
+            let stopping = *shutdown.borrow();
+            if stopping && pipeline.is_idle() && pipeline.status == Some(b'I') {
+                return Ok(Unbind::Shutdown);
+            }
 
             tokio::select! {
+                changed = shutdown.changed(), if !stopping => {
+                    if changed.is_err() {
+                        return Ok(Unbind::Shutdown);
+                    }
+                }
                 n = self.client.read_buf(&mut self.rbuf) => {
                     let n = n.map_err(SessionError::from)?;
                     if n == 0 {

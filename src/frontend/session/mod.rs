@@ -85,6 +85,8 @@ enum Unbind {
     Release,
     /// The client left while bound.
     ClientGone,
+    /// The proxy is stopping and the client's backend is between transactions.
+    Shutdown,
 }
 
 /// A logged-in client.
@@ -156,6 +158,7 @@ impl Session {
 
             match self.bound(lease).await? {
                 Unbind::Release => {}
+                Unbind::Shutdown => return Err(self.shutdown_error().await),
                 Unbind::ClientGone => return Ok(()),
             }
         }
