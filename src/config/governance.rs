@@ -165,17 +165,12 @@ pub fn rate(
     Ok(Some(Rate { per_second, burst }))
 }
 
-/// The smallest pool a tenant can have: its own `pool_size`, its pinned tier's size, the
-/// initial tier's size when tiering is off, or else the cold size.
+/// The pool a tenant is promised: its own `pool_size`, its pinned tier's size, or else the
+/// cold size (a ranked tenant may always fall to cold; the budget shares the rest).
 fn smallest_pool(t: &Tenant, tiers: &TierSettings) -> usize {
-    let floor = if tiers.dynamic {
-        tiers.sizes.cold
-    } else {
-        tiers.sizes.of(tiers.initial)
-    };
     t.pool_size
         .or_else(|| t.tier.map(|tier| tiers.sizes.of(tier)))
-        .unwrap_or(floor)
+        .unwrap_or(tiers.sizes.cold)
 }
 
 /// The tenants' smallest pools must fit in the budget.
@@ -189,7 +184,7 @@ pub fn check_fit(
     if need > budget.for_tenants() {
         let msg = format!(
             "{} minus reserve {} leaves {} connections, but the {} tenants need at least {} \
-             (their pool_size, pinned tier, or smallest tier size {})",
+             (their pool_size, pinned tier, or the cold size {})",
             budget.max_connections,
             budget.reserve,
             budget.for_tenants(),
