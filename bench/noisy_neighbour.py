@@ -719,19 +719,11 @@ def find_tools(args) -> None:
         raise RuntimeError("pgbench or psql missing; run ./scripts/setup.sh")
 
 
-def install_signal_handlers() -> None:
-    def handler(signum, _frame):
-        raise Stop(f"signal {signal.Signals(signum).name}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     args.started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    install_signal_handlers()
+    compare.install_signal_handlers()
 
     children = Children()
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-noisy-"))

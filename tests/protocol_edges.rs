@@ -14,28 +14,8 @@ use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use common::wire::{Msg, read_message, scram, startup_packet};
-use common::{Proxy, ProxyOptions, fleet};
-
-async fn raw_login_with(proxy: &Proxy, extra: &[(&str, &str)]) -> TcpStream {
-    let tenant = fleet().tenant("acme");
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut params = vec![("user", tenant.user.as_str()), ("database", "acme")];
-    params.extend_from_slice(extra);
-    stream
-        .write_all(&startup_packet(3, 0, &params))
-        .await
-        .unwrap();
-    let (tag, _) = read_message(&mut stream).await.unwrap();
-    assert_eq!(tag, b'R');
-    let seen = scram(&mut stream, &tenant.user_password).await;
-    assert_eq!(seen.last().map(|m| m.0), Some(b'Z'), "{seen:?}");
-    stream
-}
-
-async fn raw_login(proxy: &Proxy) -> TcpStream {
-    raw_login_with(proxy, &[]).await
-}
+use common::wire::{Msg, read_message};
+use common::{Proxy, ProxyOptions};
 
 fn parse(buf: &mut BytesMut, name: &str, sql: &str) {
     frontend::parse(name, sql, std::iter::empty(), buf).unwrap();
@@ -81,7 +61,7 @@ async fn read_until<F: Fn(&Msg) -> bool>(s: &mut TcpStream, stop: F) -> Vec<Msg>
 #[tokio::test(flavor = "multi_thread")]
 async fn error_before_sync_skips_to_the_clients_sync() {
     let proxy = Proxy::with(ProxyOptions::one_backend()).await;
-    let mut s = raw_login(&proxy).await;
+    let mut s = proxy.raw_login(&[]).await;
     let mut b = BytesMut::new();
     parse(&mut b, "", "SELECT 1/0");
     bind(&mut b, "");
@@ -107,7 +87,7 @@ async fn error_before_sync_skips_to_the_clients_sync() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_set_in_one_extended_batch_is_tracked() {
     let proxy = Proxy::with(ProxyOptions::one_backend()).await;
-    let mut s = raw_login(&proxy).await;
+    let mut s = proxy.raw_login(&[]).await;
     let mut b = BytesMut::new();
     parse(&mut b, "", "SET statement_timeout = '4321s'");
     bind(&mut b, "");
@@ -135,7 +115,9 @@ async fn login_settings_do_not_leak_to_the_next_client() {
     let a = proxy.connect("acme").await;
     let _ = a.simple_query("SELECT 1").await.unwrap();
 
-    let _l = raw_login_with(&proxy, &[("options", "-c statement_timeout=98765")]).await;
+    let _l = proxy
+        .raw_login(&[("options", "-c statement_timeout=98765")])
+        .await;
 
     let rows = a.simple_query("SHOW statement_timeout").await.unwrap();
     let v = match &rows[1] {
@@ -153,14 +135,14 @@ async fn login_settings_do_not_leak_to_the_next_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unnamed_statement_survives_another_clients_sync() {
     let proxy = Proxy::with(ProxyOptions::one_backend()).await;
-    let mut a = raw_login(&proxy).await;
+    let mut a = proxy.raw_login(&[]).await;
     let mut b = BytesMut::new();
     parse(&mut b, "", "SELECT 42");
     frontend::sync(&mut b);
     a.write_all(&b).await.unwrap();
     let _ = read_until(&mut a, |m| m.0 == b'Z').await;
 
-    let mut c = raw_login_with(&proxy, &[("application_name", "other")]).await;
+    let mut c = proxy.raw_login(&[("application_name", "other")]).await;
     let mut b = BytesMut::new();
     parse(&mut b, "named", "SELECT 1");
     frontend::sync(&mut b);
@@ -186,7 +168,7 @@ async fn rejection_reaches_a_client_that_ended_with_flush() {
     let mut opts = ProxyOptions::one_backend();
     opts.query_wait_timeout = Duration::from_millis(300);
     let proxy = Proxy::with(opts).await;
-    let mut s = raw_login(&proxy).await;
+    let mut s = proxy.raw_login(&[]).await;
     let holder = proxy.connect("acme").await;
     holder.simple_query("BEGIN").await.unwrap();
     let mut b = BytesMut::new();
@@ -206,7 +188,7 @@ async fn failed_copy_keeps_its_backend_until_sync() {
     let mut o = ProxyOptions::one_backend();
     o.query_wait_timeout = Duration::from_millis(800);
     let proxy = Proxy::with(o).await;
-    let mut s = raw_login(&proxy).await;
+    let mut s = proxy.raw_login(&[]).await;
     let other = proxy.connect("acme").await;
     let mut b = BytesMut::new();
     frontend::query("SELECT 1", &mut b).unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::wire::{read_message, scram, startup_packet};
-use common::{Proxy, fleet};
+use common::Proxy;
+use common::wire::startup_packet;
 
 /// Panics anywhere in this process, proxy tasks included (tokio would otherwise swallow a
 /// panicking session task and the proxy would look healthy).
@@ -99,27 +99,6 @@ async fn garbage_before_login_never_takes_the_proxy_down() {
     still_serving(&proxy).await;
 }
 
-/// Logs in as acme's `app` with raw messages and returns the stream at `ReadyForQuery`.
-async fn raw_login(proxy: &Proxy) -> TcpStream {
-    let tenant = fleet().tenant("acme");
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let params = [("user", tenant.user.as_str()), ("database", "acme")];
-    stream
-        .write_all(&startup_packet(3, 0, &params))
-        .await
-        .unwrap();
-
-    let (tag, _) = read_message(&mut stream).await.unwrap();
-    assert_eq!(tag, b'R');
-    let seen = scram(&mut stream, &tenant.user_password).await;
-    assert_eq!(
-        seen.last().map(|m| m.0),
-        Some(b'Z'),
-        "login must reach ReadyForQuery"
-    );
-    stream
-}
-
 /// A frame with a real message type and a random (often truncated or inconsistent) body.
 fn hostile_frame(rng: &mut XorShift) -> Vec<u8> {
     const TAGS: &[u8] = b"QPBDCESHFdcfpXz\x00\xff";
@@ -148,7 +127,7 @@ async fn garbage_after_login_ends_only_that_session() {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
 
     for _ in 0..60 {
-        let mut stream = raw_login(&proxy).await;
+        let mut stream = proxy.raw_login(&[]).await;
         for _ in 0..rng.below(4) + 1 {
             let _ = stream.write_all(&hostile_frame(&mut rng)).await;
         }

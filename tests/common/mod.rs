@@ -252,15 +252,8 @@ impl Proxy {
 
     /// A tokio-postgres config for a tenant's `app` login.
     pub fn pg_config(&self, tenant: &str) -> tokio_postgres::Config {
-        let t = fleet().tenant(tenant);
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.addr.port())
-            .user(&t.user)
-            .password(&t.user_password)
-            .dbname(tenant)
-            .connect_timeout(Duration::from_secs(10));
+        let mut config = self.tls_config(tenant);
+        config.host("127.0.0.1");
         config
     }
 
@@ -275,6 +268,29 @@ impl Proxy {
             .dbname(tenant)
             .connect_timeout(Duration::from_secs(10));
         config
+    }
+
+    /// Logs in as acme's `app` with hand-made messages (plus `extra` startup parameters) and
+    /// returns the socket at the first `ReadyForQuery`.
+    pub async fn raw_login(&self, extra: &[(&str, &str)]) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+
+        let tenant = fleet().tenant("acme");
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut params = vec![("user", tenant.user.as_str()), ("database", "acme")];
+        params.extend_from_slice(extra);
+        let packet = wire::startup_packet(3, 0, &params);
+        stream.write_all(&packet).await.unwrap();
+
+        let (tag, _) = wire::read_message(&mut stream).await.unwrap();
+        assert_eq!(tag, b'R');
+        let seen = wire::scram(&mut stream, &tenant.user_password).await;
+        assert_eq!(
+            seen.last().map(|m| m.0),
+            Some(b'Z'),
+            "login must reach ReadyForQuery"
+        );
+        stream
     }
 
     /// Connects as a tenant's `app` user without TLS.
