@@ -1,9 +1,11 @@
 //! The running proxy: shared state, the accept loop, reload and shutdown.
 //!
-//! Loops: the accept loop (one task per client connection) and the idle reaper (every 5 s).
+//! Loops: the accept loop (one task per client connection), the idle reaper (every 5 s),
+//! dynamic tiering, and with a catalog its watcher (`tenant::catalog::watch`).
 //! Reload swaps the configuration and TLS settings atomically; sessions pick up the new
 //! snapshot at their next login, pools whose tenant changed are retired as their
-//! connections come back. Shutdown stops accepting, lets sessions finish their transaction
+//! connections come back. With a catalog, the tenants are the catalog's last snapshot, kept
+//! across file reloads. Shutdown stops accepting, lets sessions finish their transaction
 //! up to the drain timeout, then ends the rest.
 
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::frontend::listener;
 use crate::pool::Pools;
+use crate::tenant::catalog::{self, Snapshot};
 use crate::tls::{self, TlsError};
 
 /// State every session can reach.
@@ -39,6 +42,17 @@ pub struct Shared {
     pub sessions: AtomicUsize,
     /// Signalled to end the drain at once (a second SIGINT/SIGTERM).
     force: tokio::sync::Notify,
+    /// The catalog as last applied, and the connection that follows it.
+    catalog: RwLock<CatalogState>,
+}
+
+/// What the server knows of the catalog.
+#[derive(Debug, Default)]
+struct CatalogState {
+    /// The snapshot the current tenants came from.
+    snapshot: Option<Snapshot>,
+    /// The watcher's connection, for audit writes; `None` while it reconnects.
+    client: Option<Arc<tokio_postgres::Client>>,
 }
 
 impl Shared {
@@ -48,6 +62,11 @@ impl Shared {
             .read()
             .map(|c| c.clone())
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// The catalog connection, when one is up.
+    pub fn catalog_client(&self) -> Option<Arc<tokio_postgres::Client>> {
+        self.catalog.read().ok().and_then(|c| c.client.clone())
     }
 
     /// The current TLS settings, if TLS is on.
@@ -73,6 +92,9 @@ pub enum ServerError {
     /// TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The configuration refused the tenants.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Builds the TLS settings a configuration asks for.
@@ -91,8 +113,68 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Applies a new configuration; on error the old one stays.
+    /// Applies a new configuration file; on error the old one stays. With a catalog, the
+    /// tenants stay the catalog's.
     pub fn reload(&self, config: Config) -> Result<(), ServerError> {
+        let snapshot = self
+            .shared
+            .catalog
+            .read()
+            .ok()
+            .and_then(|c| c.snapshot.clone());
+        let config = match (&config.catalog, snapshot) {
+            (Some(_), Some(snapshot)) => {
+                config.with_tenants(&snapshot.tenants, &snapshot.admins)?
+            }
+            _ => config,
+        };
+        self.swap(config)?;
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Serves the tenants of a new catalog snapshot; on error the previous ones stay.
+    /// Returns whether anything changed.
+    pub fn apply_catalog(&self, snapshot: Snapshot) -> Result<bool, ServerError> {
+        let unchanged = self
+            .shared
+            .catalog
+            .read()
+            .is_ok_and(|c| c.snapshot.as_ref() == Some(&snapshot));
+        if unchanged {
+            return Ok(false);
+        }
+
+        let config = self
+            .shared
+            .config()
+            .with_tenants(&snapshot.tenants, &snapshot.admins)?;
+        self.swap(config)?;
+        tracing::info!(tenants = snapshot.tenants.len(), "catalog applied");
+        if let Ok(mut state) = self.shared.catalog.write() {
+            state.snapshot = Some(snapshot);
+        }
+        Ok(true)
+    }
+
+    /// Gives the server the watcher's connection (or takes it away).
+    pub fn set_catalog_client(&self, client: Option<Arc<tokio_postgres::Client>>) {
+        if let Ok(mut state) = self.shared.catalog.write() {
+            state.client = client;
+        }
+    }
+
+    /// The current configuration snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config()
+    }
+
+    /// Flips to `true` when the proxy starts shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.clone()
+    }
+
+    fn swap(&self, config: Config) -> Result<(), ServerError> {
         let tls = load_tls(&config)?;
         let config = Arc::new(config);
 
@@ -105,7 +187,6 @@ impl ServerHandle {
             *slot = config.clone();
         }
         self.shared.pools.apply(&config);
-        tracing::info!("configuration reloaded");
         Ok(())
     }
 
@@ -154,6 +235,7 @@ impl Server {
             shutdown,
             sessions: AtomicUsize::new(0),
             force: tokio::sync::Notify::new(),
+            catalog: RwLock::new(CatalogState::default()),
         });
         let handle = ServerHandle {
             shared,
@@ -179,6 +261,11 @@ impl Server {
         let mut sessions = JoinSet::new();
         let reaper = tokio::spawn(reap_idle(shared.clone()));
         let tiering = tokio::spawn(crate::pool::tiering::run(shared.clone()));
+        let watcher = shared
+            .config()
+            .catalog
+            .is_some()
+            .then(|| tokio::spawn(catalog::watch::run(self.handle.clone())));
 
         loop {
             tokio::select! {
@@ -200,6 +287,9 @@ impl Server {
         drain(&shared, sessions).await;
         reaper.abort();
         tiering.abort();
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         shared.pools.close_all();
     }
 }

@@ -28,6 +28,9 @@ pub async fn serve(config: Config, path: PathBuf) -> Result<(), String> {
     tracing::info!(%addr, "pgtenant listening");
 
     let handle = server.handle();
+    if handle.config().catalog.is_some() {
+        crate::tenant::catalog::watch::initial(&handle).await?;
+    }
     tokio::spawn(watch_signals(handle, path));
     server.run().await;
     tracing::info!("pgtenant stopped");

@@ -28,9 +28,73 @@ pub struct ConfigFile {
     /// Default per-tenant limits.
     #[serde(default)]
     pub limits: LimitsSection,
-    /// Tenants served by this proxy.
+    /// The tenant catalog in PostgreSQL; when set, it is the source of tenants.
+    pub catalog: Option<CatalogSection>,
+    /// Where tenant schema migrations live.
+    #[serde(default)]
+    pub migrations: MigrationsSection,
+    /// How `pgtenant tenant create` sets a tenant up.
+    #[serde(default)]
+    pub provisioning: ProvisioningSection,
+    /// Support admins, who may log in to any tenant; every such session is audited.
+    #[serde(default)]
+    pub admins: Vec<UserSection>,
+    /// Tenants served by this proxy (only without a catalog).
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+}
+
+/// `[catalog]`: tenants, credentials and migration state kept in the `pgtenant` schema of
+/// `[backend] database`, read by every proxy and written by the CLI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSection {
+    /// pgtenant's own PostgreSQL role: owns the catalog, creates tenant roles and schemas
+    /// (a superuser, or a role with CREATEROLE and CREATE on the database). Needs a restart.
+    pub user: String,
+    /// Its password; omit when PostgreSQL trusts it.
+    pub password: Option<String>,
+    /// Full reload of the catalog even without a change notification. Default `30s`.
+    #[serde(default = "default_catalog_reload", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_catalog_reload() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[migrations]`: the SQL files every tenant schema is brought up to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationsSection {
+    /// Directory of `0001_name.sql` files applied in order; none when absent. Relative to
+    /// the configuration file.
+    pub dir: Option<PathBuf>,
+}
+
+/// `[provisioning]`: what `pgtenant tenant create` does besides the role and schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisioningSection {
+    /// SQL file loaded into the new schema with `--demo-data`. Relative to this file.
+    pub demo_data: Option<PathBuf>,
+    /// `CONNECTION LIMIT` of each tenant role. Default `50`.
+    pub connection_limit: i32,
+    /// `host:port` printed in `DATABASE_URL`s. Default: `[proxy] listen`.
+    pub public_address: Option<String>,
+    /// Client login created with each tenant. Default `app`.
+    pub user: String,
+}
+
+impl Default for ProvisioningSection {
+    fn default() -> Self {
+        Self {
+            demo_data: None,
+            connection_limit: 50,
+            public_address: None,
+            user: "app".into(),
+        }
+    }
 }
 
 /// `[proxy]`: the client side.
@@ -237,7 +301,7 @@ impl Default for LimitsSection {
 }
 
 /// `[[tenants]]`: one customer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSection {
     /// Tenant name, as clients give it (lowercase identifier).
@@ -261,6 +325,9 @@ pub struct TenantSection {
     pub burst: Option<u32>,
     /// Overrides `[limits] max_client_connections`.
     pub max_client_connections: Option<usize>,
+    /// New logins are refused and sessions end after their transaction. Default `false`.
+    #[serde(default)]
+    pub suspended: bool,
     /// Client logins accepted for this tenant.
     #[serde(default)]
     pub users: Vec<UserSection>,
@@ -278,7 +345,7 @@ pub enum PoolMode {
 }
 
 /// `[[tenants.users]]`: a client login.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserSection {
     /// User name the client sends.

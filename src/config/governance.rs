@@ -179,7 +179,8 @@ pub fn check_fit(
     budget: &BudgetSettings,
     tiers: &TierSettings,
 ) -> Result<(), ConfigError> {
-    let need: usize = tenants.values().map(|t| smallest_pool(t, tiers)).sum();
+    let served: Vec<&Arc<Tenant>> = tenants.values().filter(|t| !t.suspended).collect();
+    let need: usize = served.iter().map(|t| smallest_pool(t, tiers)).sum();
 
     if need > budget.for_tenants() {
         let msg = format!(
@@ -188,7 +189,7 @@ pub fn check_fit(
             budget.max_connections,
             budget.reserve,
             budget.for_tenants(),
-            tenants.len(),
+            served.len(),
             need,
             if tiers.dynamic {
                 tiers.sizes.cold

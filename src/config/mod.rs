@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use file::{CatalogSection as CatalogSettings, TenantSection};
 pub use file::{PoolMode, TenantSource, Tier, TlsMode};
 pub use governance::{BudgetSettings, LimitSettings, Rate, TierSettings};
 
 use crate::frontend::scram::Verifier;
-use file::{ConfigFile, TenantSection};
+use file::{ConfigFile, ProvisioningSection, UserSection};
 
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +68,29 @@ pub struct Config {
     pub tiers: TierSettings,
     /// Default per-tenant limits.
     pub limits: LimitSettings,
-    /// Tenants by name.
+    /// The tenant catalog; when set, `tenants` is what it last held.
+    pub catalog: Option<CatalogSettings>,
+    /// Migrations directory, resolved against the file's folder.
+    pub migrations_dir: Option<PathBuf>,
+    /// How new tenants are set up.
+    pub provisioning: ProvisioningSettings,
+    /// Tenants by name, suspended ones included.
     pub tenants: HashMap<String, Arc<Tenant>>,
+    /// Support admins: login name → SCRAM verifier.
+    pub admins: HashMap<String, Verifier>,
+}
+
+/// Validated `[provisioning]`.
+#[derive(Debug, Clone)]
+pub struct ProvisioningSettings {
+    /// Demo data SQL file, resolved against the file's folder.
+    pub demo_data: Option<PathBuf>,
+    /// `CONNECTION LIMIT` of tenant roles.
+    pub connection_limit: i32,
+    /// `host:port` for printed URLs.
+    pub public_address: String,
+    /// Client login created with each tenant.
+    pub user: String,
 }
 
 /// Validated `[proxy]`.
@@ -130,15 +152,19 @@ pub struct Tenant {
     pub rate: Option<Rate>,
     /// Client connection cap (the tenant's own or the default).
     pub max_client_connections: Option<usize>,
+    /// Logins refused, sessions ended after their transaction.
+    pub suspended: bool,
     /// Client logins: user name → SCRAM verifier.
     pub users: HashMap<String, Verifier>,
 }
 
 impl Tenant {
     /// Whether backend connections made for `other` would be the same as for `self`: same
-    /// role, password, schema and pooling. Limits and logins may differ.
+    /// role, password, schema and pooling, and both served. Limits and logins may differ.
     pub fn same_backend(&self, other: &Tenant) -> bool {
-        self.name == other.name
+        !self.suspended
+            && !other.suspended
+            && self.name == other.name
             && self.schema == other.schema
             && self.role == other.role
             && self.role_password == other.role_password
@@ -171,26 +197,127 @@ impl Config {
         let tiers = governance::tiers(&file.tiers)?;
         let limits = governance::limits(&file.limits)?;
 
-        let mut tenants = HashMap::new();
-        for (i, section) in file.tenants.iter().enumerate() {
-            let tenant = validate_tenant(i, section, &limits)?;
-            if tenants.contains_key(&tenant.name) {
-                let msg = format!("tenant {:?} is defined twice", tenant.name);
-                return Err(invalid(format!("tenants[{i}].name"), msg));
-            }
-            tenants.insert(tenant.name.clone(), Arc::new(tenant));
-        }
+        let catalog = validate_catalog(file.catalog, &file.tenants)?;
+        let provisioning = validate_provisioning(&file.provisioning, &proxy, base)?;
+        let migrations_dir = file.migrations.dir.map(|dir| base.join(dir));
 
+        let tenants = tenant_map(&file.tenants, &limits, "tenants")?;
         governance::check_fit(&tenants, &budget, &tiers)?;
+        let admins = logins(&file.admins, "admins")?;
         Ok(Self {
             proxy,
             backend,
             budget,
             tiers,
             limits,
+            catalog,
+            migrations_dir,
+            provisioning,
             tenants,
+            admins,
         })
     }
+
+    /// This configuration serving `sections` and `admins` (read from the catalog) instead
+    /// of its own; refused, naming the tenant, when one is invalid or they cannot fit.
+    pub fn with_tenants(
+        &self,
+        sections: &[TenantSection],
+        admins: &[UserSection],
+    ) -> Result<Self, ConfigError> {
+        let tenants = tenant_map(sections, &self.limits, "catalog tenant")?;
+        governance::check_fit(&tenants, &self.budget, &self.tiers)?;
+        let mut all_admins = logins(admins, "catalog admins")?;
+        all_admins.extend(self.admins.clone());
+        Ok(Self {
+            tenants,
+            admins: all_admins,
+            ..self.clone()
+        })
+    }
+}
+
+/// Client logins by name, their verifiers parsed; `key` prefixes error keys.
+fn logins(users: &[UserSection], key: &str) -> Result<HashMap<String, Verifier>, ConfigError> {
+    let mut map = HashMap::new();
+    for (j, u) in users.iter().enumerate() {
+        let verifier =
+            Verifier::parse(&u.verifier).map_err(|m| invalid(format!("{key}[{j}].verifier"), m))?;
+        map.insert(u.name.clone(), verifier);
+    }
+    Ok(map)
+}
+
+/// Validates tenant sections into a map, refusing duplicates. `what` prefixes error keys.
+fn tenant_map(
+    sections: &[TenantSection],
+    limits: &LimitSettings,
+    what: &str,
+) -> Result<HashMap<String, Arc<Tenant>>, ConfigError> {
+    let mut tenants = HashMap::new();
+    for (i, section) in sections.iter().enumerate() {
+        let tenant = validate_tenant(&format!("{what}[{i}]"), section, limits)?;
+        if tenants.contains_key(&tenant.name) {
+            let msg = format!("tenant {:?} is defined twice", tenant.name);
+            return Err(invalid(format!("{what}[{i}].name"), msg));
+        }
+        tenants.insert(tenant.name.clone(), Arc::new(tenant));
+    }
+    Ok(tenants)
+}
+
+/// With a catalog, tenants live there only: two sources of truth would disagree.
+fn validate_catalog(
+    catalog: Option<CatalogSettings>,
+    tenants: &[TenantSection],
+) -> Result<Option<CatalogSettings>, ConfigError> {
+    let Some(catalog) = catalog else {
+        return Ok(None);
+    };
+
+    if let Some(first) = tenants.first() {
+        let msg = format!(
+            "tenant {:?} is in the file but [catalog] is set; tenants then live in the \
+             catalog only (create them with `pgtenant tenant create`)",
+            first.name
+        );
+        return Err(invalid("tenants[0]", msg));
+    }
+
+    if catalog.user.is_empty() {
+        return Err(invalid("catalog.user", "must not be empty"));
+    }
+
+    if catalog.reload_interval.is_zero() {
+        return Err(invalid("catalog.reload_interval", "must be longer than 0s"));
+    }
+    Ok(Some(catalog))
+}
+
+fn validate_provisioning(
+    p: &ProvisioningSection,
+    proxy: &ProxySettings,
+    base: &Path,
+) -> Result<ProvisioningSettings, ConfigError> {
+    if p.connection_limit < 1 {
+        let msg = format!("must be at least 1, got {}", p.connection_limit);
+        return Err(invalid("provisioning.connection_limit", msg));
+    }
+
+    if p.user.is_empty() {
+        return Err(invalid("provisioning.user", "must not be empty"));
+    }
+
+    let public_address = p
+        .public_address
+        .clone()
+        .unwrap_or_else(|| proxy.listen.clone());
+    Ok(ProvisioningSettings {
+        demo_data: p.demo_data.as_ref().map(|f| base.join(f)),
+        connection_limit: p.connection_limit,
+        public_address,
+        user: p.user.clone(),
+    })
 }
 
 /// TOML errors span several lines with a caret diagram; keep the first meaningful line.
@@ -267,11 +394,11 @@ fn validate_backend(b: &file::BackendSection) -> Result<BackendSettings, ConfigE
 }
 
 fn validate_tenant(
-    i: usize,
+    prefix: &str,
     t: &TenantSection,
     limits: &LimitSettings,
 ) -> Result<Tenant, ConfigError> {
-    let key = |field: &str| format!("tenants[{i}].{field}");
+    let key = |field: &str| format!("{prefix}.{field}");
 
     check_identifier(&t.name).map_err(|m| invalid(key("name"), m))?;
     let schema = t.schema.clone().unwrap_or_else(|| t.name.clone());
@@ -288,14 +415,9 @@ fn validate_tenant(
             "must be at least 1, got 0",
         ));
     }
-    let own_rate = governance::rate(&format!("tenants[{i}]"), t.transactions_per_second, t.burst)?;
+    let own_rate = governance::rate(prefix, t.transactions_per_second, t.burst)?;
 
-    let mut users = HashMap::new();
-    for (j, u) in t.users.iter().enumerate() {
-        let verifier = Verifier::parse(&u.verifier)
-            .map_err(|m| invalid(format!("tenants[{i}].users[{j}].verifier"), m))?;
-        users.insert(u.name.clone(), verifier);
-    }
+    let users = logins(&t.users, &format!("{prefix}.users"))?;
 
     Ok(Tenant {
         name: t.name.clone(),
@@ -307,6 +429,7 @@ fn validate_tenant(
         tier: t.tier,
         rate: own_rate.or(limits.rate),
         max_client_connections: t.max_client_connections.or(limits.max_client_connections),
+        suspended: t.suspended,
         users,
     })
 }

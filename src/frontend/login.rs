@@ -17,6 +17,7 @@ use super::session::Session;
 use super::startup::{NegotiateError, StartupRequest};
 use super::state::ClientState;
 use super::stream::ClientStream;
+use super::support;
 use crate::backend::conn::{ItemKind, SessionItems};
 use crate::backend::sync::{self, SETTABLE, quote_literal};
 use crate::config::Config;
@@ -50,9 +51,13 @@ pub async fn login(
     request: StartupRequest,
 ) -> Result<Session, LoginError> {
     let tenant = tenant::route(config, &request, stream.server_name());
-    let verifier = tenant
-        .as_ref()
-        .and_then(|t| t.users.get(&request.user).cloned());
+    let (verifier, as_admin) = match tenant.as_ref().and_then(|t| t.users.get(&request.user)) {
+        Some(verifier) => (Some(verifier.clone()), false),
+        None => match config.admins.get(&request.user) {
+            Some(verifier) if tenant.is_some() => (Some(verifier.clone()), true),
+            _ => (None, false),
+        },
+    };
 
     if let Err(error) =
         auth::authenticate(&mut stream, verifier, &request.user, &shared.decoy_secret).await
@@ -72,6 +77,20 @@ pub async fn login(
     span.record("tenant", tenant.name.as_str());
     span.record("user", request.user.as_str());
 
+    if tenant.suspended {
+        return Err(refuse(&mut stream, suspended(&tenant.name)).await);
+    }
+    let support = match as_admin {
+        true => {
+            let addr = stream.peer_addr().map(|a| a.to_string());
+            match support::start(shared, &request.user, &tenant.name, addr).await {
+                Ok(support) => Some(support),
+                Err(error) => return Err(refuse(&mut stream, error).await),
+            }
+        }
+        false => None,
+    };
+
     let pool = shared.pools.for_tenant(&tenant, config);
     let place = match pool.governor.admit_client() {
         Ok(place) => place,
@@ -87,14 +106,17 @@ pub async fn login(
 
     crate::metrics::login("ok");
     tracing::info!(pool_mode = ?tenant.pool_mode, "session started");
-    Ok(Session::new(
-        shared.clone(),
-        pool,
-        stream,
-        state,
-        cancel,
-        place,
-    ))
+    let session = Session::new(shared.clone(), pool, stream, state, cancel, place);
+    Ok(session.with_support(support))
+}
+
+/// The refusal for a login to a suspended tenant, after the client proved who it is.
+pub fn suspended(tenant: &str) -> ClientError {
+    ClientError::fatal(
+        ErrorKind::Config,
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("tenant \"{tenant}\" is suspended"),
+    )
 }
 
 async fn refuse(stream: &mut ClientStream, error: ClientError) -> LoginError {

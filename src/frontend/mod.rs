@@ -13,3 +13,4 @@ pub mod session;
 pub mod startup;
 pub mod state;
 pub mod stream;
+pub mod support;

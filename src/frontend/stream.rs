@@ -26,6 +26,14 @@ impl ClientStream {
         }
     }
 
+    /// The client's address, when the socket still knows it.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Plain(tcp) => tcp.peer_addr().ok(),
+            Self::Tls(tls) => tls.get_ref().0.peer_addr().ok(),
+        }
+    }
+
     /// Whether TLS is in use.
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_))

@@ -19,6 +19,10 @@ pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 /// `57P01` admin_shutdown: the proxy is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `57P03` cannot_connect_now: a support login while the audit log cannot be written.
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
+/// `55000` object_not_in_prerequisite_state: the tenant is suspended.
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// `22023` invalid_parameter_value: a startup parameter PostgreSQL refused.
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
 /// `42704` undefined_object: a startup parameter name that cannot be a setting.

@@ -1,5 +1,8 @@
 //! Tenants: which one a client belongs to. The router tries the configured sources in order
 //! (database name, TLS SNI, `options`) and takes the first name that is a known tenant.
+//! `catalog` is where tenants come from when they are not in the configuration file.
+
+pub mod catalog;
 
 use std::sync::Arc;
 

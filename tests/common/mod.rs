@@ -175,6 +175,7 @@ impl ProxyOptions {
                 transactions_per_second: None,
                 burst: None,
                 max_client_connections: None,
+                suspended: false,
                 users: vec![UserSection {
                     name: t.user.clone(),
                     verifier: t.user_verifier.clone(),

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::state::ClientState;
 use super::stream::ClientStream;
+use super::support::SupportSession;
 use crate::backend::conn::BackendIoError;
 use crate::backend::pipeline::Pipeline;
 use crate::backend::sync;
@@ -103,6 +104,7 @@ pub struct Session {
     pipeline: Pipeline,
     to_backend: BytesMut,
     _place: ClientPlace,
+    _support: Option<SupportSession>,
 }
 
 impl Session {
@@ -129,7 +131,14 @@ impl Session {
             pipeline: Pipeline::default(),
             to_backend: BytesMut::with_capacity(8 * 1024),
             _place: place,
+            _support: None,
         }
+    }
+
+    /// Marks this as an admin's support session, audited until it ends.
+    pub fn with_support(mut self, support: Option<SupportSession>) -> Self {
+        self._support = support;
+        self
     }
 
     /// Runs the session until the client leaves or a FATAL ends it.
@@ -269,18 +278,19 @@ impl Session {
     async fn follow_reload(&mut self) -> Result<(), SessionError> {
         let config = self.shared.config();
         let stopping = *self.shared.shutdown.borrow();
-        if let Some(tenant) = config.tenants.get(&self.pool.tenant.name)
-            && !stopping
-        {
-            self.pool = self.shared.pools.for_tenant(tenant, &config);
-            return Ok(());
-        }
-
-        let err = ClientError::fatal(
-            ErrorKind::Config,
-            sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection because the tenant is no longer served",
-        );
+        let tenant = config.tenants.get(&self.pool.tenant.name);
+        let err = match tenant {
+            Some(tenant) if tenant.suspended => super::login::suspended(&tenant.name),
+            Some(tenant) if !stopping => {
+                self.pool = self.shared.pools.for_tenant(tenant, &config);
+                return Ok(());
+            }
+            _ => ClientError::fatal(
+                ErrorKind::Config,
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection because the tenant is no longer served",
+            ),
+        };
         self.send_error(&err).await;
         Err(SessionError::Fatal(err))
     }
