@@ -159,6 +159,11 @@ impl ProxyOptions {
 
     /// The runtime configuration these options describe.
     pub fn config(&self) -> Config {
+        Config::from_parsed(self.file(), Path::new("/")).expect("valid test config")
+    }
+
+    /// The configuration file these options describe.
+    pub fn file(&self) -> ConfigFile {
         let fleet = fleet();
         let tenants = fleet
             .tenants
@@ -206,7 +211,22 @@ impl ProxyOptions {
         if let Some(edit) = &self.edit {
             edit(&mut file);
         }
-        Config::from_parsed(file, Path::new("/")).expect("valid test config")
+        file
+    }
+}
+
+/// A configuration file for a proxy whose tenants come from the catalog in the fleet's
+/// `postgres` database, logging in to it as the fleet's superuser.
+pub fn catalog_file() -> ConfigFile {
+    let fleet = fleet();
+    ConfigFile {
+        catalog: Some(pgtenant::config::CatalogSettings {
+            user: fleet.cluster.superuser().into(),
+            password: Some(fleet.cluster.superuser_password().into()),
+            reload_interval: Duration::from_secs(30),
+        }),
+        tenants: Vec::new(),
+        ..ProxyOptions::default().file()
     }
 }
 
@@ -228,9 +248,21 @@ impl Proxy {
 
     /// Starts a proxy with these options.
     pub async fn with(options: ProxyOptions) -> Self {
-        let server = Server::bind(options.config()).await.expect("bind proxy");
+        Self::from_config(options.config()).await
+    }
+
+    /// Starts a proxy with this configuration; with a catalog, its tenants are loaded before
+    /// the proxy accepts anyone, as `pgtenant serve` does.
+    pub async fn from_config(config: Config) -> Self {
+        let with_catalog = config.catalog.is_some();
+        let server = Server::bind(config).await.expect("bind proxy");
         let addr = server.local_addr().expect("addr");
         let handle = server.handle();
+        if with_catalog {
+            pgtenant::tenant::catalog::watch::initial(&handle)
+                .await
+                .expect("catalog loads");
+        }
         let task = tokio::spawn(server.run());
         Self {
             addr,
