@@ -110,6 +110,7 @@ fn load_tls(config: &Config) -> Result<Option<Arc<ServerConfig>>, TlsError> {
 pub struct ServerHandle {
     shared: Arc<Shared>,
     stop: Arc<watch::Sender<bool>>,
+    addr: Option<SocketAddr>,
 }
 
 impl ServerHandle {
@@ -167,6 +168,11 @@ impl ServerHandle {
     /// The current configuration snapshot.
     pub fn config(&self) -> Arc<Config> {
         self.shared.config()
+    }
+
+    /// The address the proxy listens on, as text (`?` if the socket cannot tell).
+    pub fn listen_addr(&self) -> String {
+        self.addr.map_or_else(|| "?".into(), |a| a.to_string())
     }
 
     /// Flips to `true` when the proxy starts shutting down.
@@ -240,6 +246,7 @@ impl Server {
         let handle = ServerHandle {
             shared,
             stop: Arc::new(stop),
+            addr: listener.local_addr().ok(),
         };
         Ok(Self { listener, handle })
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::protocol::{ClientError, ErrorKind, sqlstate};
 use crate::server::Shared;
 use crate::tenant::catalog::audit::{self, AuditEntry};
+use crate::tenant::catalog::{self, CatalogError};
 
 /// How long the audit row may take to write before the login is refused.
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,14 +76,22 @@ async fn write_start(shared: &Shared, entry: &AuditEntry) -> Result<i64, ClientE
             "support sessions are refused while the audit log cannot be written",
         )
     };
-    let Some(client) = shared.catalog_client() else {
-        return Err(unavailable("the catalog connection is down".into()));
-    };
-
-    match tokio::time::timeout(AUDIT_TIMEOUT, audit::record(client.as_ref(), entry)).await {
+    match tokio::time::timeout(AUDIT_TIMEOUT, record(shared, entry)).await {
         Ok(Ok(id)) => Ok(id),
         Ok(Err(error)) => Err(unavailable(error.to_string())),
         Err(_) => Err(unavailable(format!("no answer within {AUDIT_TIMEOUT:?}"))),
+    }
+}
+
+/// Writes through the catalog watcher's connection, or a connection of its own while the
+/// watcher is (re)connecting.
+async fn record(shared: &Shared, entry: &AuditEntry) -> Result<i64, CatalogError> {
+    match shared.catalog_client() {
+        Some(client) => audit::record(client.as_ref(), entry).await,
+        None => {
+            let client = catalog::connect(&shared.config()).await?;
+            audit::record(&client, entry).await
+        }
     }
 }
 

@@ -90,15 +90,19 @@ pub struct Snapshot {
     pub admins: Vec<UserSection>,
 }
 
-/// The driver configuration for pgtenant's own role.
-pub fn pg_config(config: &Config) -> Result<tokio_postgres::Config, CatalogError> {
+/// The driver configuration for pgtenant's own role; `application_name` tells operators
+/// which process a catalog connection belongs to.
+pub fn pg_config(
+    config: &Config,
+    application_name: &str,
+) -> Result<tokio_postgres::Config, CatalogError> {
     let catalog = settings(config)?;
     let mut pg = tokio_postgres::Config::new();
     pg.host(&config.backend.host)
         .port(config.backend.port)
         .dbname(&config.backend.database)
         .user(&catalog.user)
-        .application_name("pgtenant")
+        .application_name(application_name)
         .connect_timeout(config.backend.connect_timeout);
     if let Some(password) = &catalog.password {
         pg.password(password);
@@ -113,7 +117,7 @@ pub fn settings(config: &Config) -> Result<&CatalogSettings, CatalogError> {
 
 /// Connects as pgtenant's role; the connection runs in its own task.
 pub async fn connect(config: &Config) -> Result<Client, CatalogError> {
-    let pg = pg_config(config)?;
+    let pg = pg_config(config, "pgtenant")?;
     let (client, connection) = pg
         .connect(NoTls)
         .await

@@ -78,7 +78,8 @@ async fn listen(
     handle: &ServerHandle,
 ) -> Result<(Arc<Client>, mpsc::UnboundedReceiver<()>), CatalogError> {
     let config = handle.config();
-    let (client, mut connection) = pg_config(&config)?
+    let name = format!("pgtenant catalog watcher {}", handle.listen_addr());
+    let (client, mut connection) = pg_config(&config, &name)?
         .connect(NoTls)
         .await
         .map_err(|source| connect_error(&config, source))?;
