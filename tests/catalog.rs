@@ -2,6 +2,8 @@
 //! second, keep serving through a catalog outage, refuse suspended tenants and audit support
 //! sessions of admins.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use std::path::Path;
