@@ -29,6 +29,8 @@ const BUDGET_USED: &str = "pgtenant_budget_used";
 const BUDGET_LIMIT: &str = "pgtenant_budget_limit";
 const BUDGET_EVICTIONS: &str = "pgtenant_budget_evictions_total";
 const TIER_CHANGES: &str = "pgtenant_tier_changes_total";
+const CATALOG_RELOADS: &str = "pgtenant_catalog_reloads_total";
+const SUPPORT_SESSIONS: &str = "pgtenant_support_sessions_total";
 
 /// Registers help text and units; call once at start.
 pub fn describe() {
@@ -98,6 +100,16 @@ pub fn describe() {
         TIER_CHANGES,
         Unit::Count,
         "Tenant tier changes, by old and new tier."
+    );
+    describe_counter!(
+        CATALOG_RELOADS,
+        Unit::Count,
+        "Catalog loads, by result: applied, unchanged, rejected, failed."
+    );
+    describe_counter!(
+        SUPPORT_SESSIONS,
+        Unit::Count,
+        "Admin support sessions, by result: started, refused."
     );
 }
 
@@ -191,4 +203,14 @@ fn tier_label(tier: Tier) -> &'static str {
 /// A login finished with `result` (`ok`, `failed`).
 pub fn login(result: &'static str) {
     counter!(LOGINS, "result" => result).increment(1);
+}
+
+/// A catalog load ended with `result` (`applied`, `unchanged`, `rejected`, `failed`).
+pub fn catalog_reload(result: &'static str) {
+    counter!(CATALOG_RELOADS, "result" => result).increment(1);
+}
+
+/// A support session `started` or was `refused`.
+pub fn support_session(result: &'static str) {
+    counter!(SUPPORT_SESSIONS, "result" => result).increment(1);
 }

@@ -65,6 +65,7 @@ pub async fn start(
 
 async fn write_start(shared: &Shared, entry: &AuditEntry) -> Result<i64, ClientError> {
     let unavailable = |why: String| {
+        crate::metrics::support_session("refused");
         tracing::warn!(
             admin = entry.actor,
             why,

@@ -118,14 +118,23 @@ async fn refresh(handle: &ServerHandle, client: &Client) -> Result<(), CatalogEr
     let snapshot = match load(client).await {
         Ok(snapshot) => snapshot,
         Err(error @ CatalogError::BadRow { .. }) => {
+            crate::metrics::catalog_reload("rejected");
             tracing::error!(%error, "catalog change rejected; the previous tenants stay");
             return Ok(());
         }
-        Err(error) => return Err(error),
+        Err(error) => {
+            crate::metrics::catalog_reload("failed");
+            return Err(error);
+        }
     };
 
-    if let Err(error) = handle.apply_catalog(snapshot) {
-        tracing::error!(%error, "catalog change rejected; the previous tenants stay");
+    match handle.apply_catalog(snapshot) {
+        Ok(true) => crate::metrics::catalog_reload("applied"),
+        Ok(false) => crate::metrics::catalog_reload("unchanged"),
+        Err(error) => {
+            crate::metrics::catalog_reload("rejected");
+            tracing::error!(%error, "catalog change rejected; the previous tenants stay");
+        }
     }
     Ok(())
 }
