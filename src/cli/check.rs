@@ -11,10 +11,13 @@ pub fn run(path: &Path) -> Result<(), String> {
     if let Some((cert, key)) = &config.proxy.tls_files {
         crate::tls::server_config(cert, key).map_err(|e| e.to_string())?;
     }
+    let tenants = match &config.catalog {
+        Some(catalog) => format!("tenants from the catalog as {}", catalog.user),
+        None => format!("{} tenants", config.tenants.len()),
+    };
     println!(
-        "{}: ok ({} tenants, listen {})",
+        "{}: ok ({tenants}, listen {})",
         path.display(),
-        config.tenants.len(),
         config.proxy.listen
     );
     Ok(())
