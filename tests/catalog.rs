@@ -377,3 +377,45 @@ fn file_tenants_refused_with_catalog() {
     assert!(error.to_string().starts_with("tenants[0]"), "{error}");
     assert!(error.to_string().contains("catalog"), "{error}");
 }
+
+/// Tenant roles cannot read the catalog: not through the proxy, not connecting directly.
+#[tokio::test]
+async fn tenants_cannot_read_the_catalog() {
+    let mut admin = superuser().await;
+    let tenant = catalog_tenant(&mut admin, "cat_nosy").await;
+    let proxy = catalog_proxy().await;
+    let through_proxy = login(&proxy, "cat_nosy", "app", &tenant.password)
+        .await
+        .unwrap();
+    let secret = admin
+        .query_one(
+            "SELECT role_password FROM pgtenant.role_secrets WHERE tenant = 'cat_nosy'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    let direct = connect_plain(
+        fleet()
+            .cluster
+            .url("cat_nosy", &secret, "postgres")
+            .parse()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    for client in [&through_proxy, &direct] {
+        for table in [
+            "role_secrets",
+            "credentials",
+            "tenants",
+            "admins",
+            "audit_log",
+        ] {
+            let sql = format!("SELECT * FROM pgtenant.{table}");
+            let error = client.query(sql.as_str(), &[]).await.unwrap_err();
+            assert_eq!(sqlstate(&error), "42501", "{table}: {error:?}");
+        }
+    }
+}
