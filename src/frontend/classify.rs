@@ -5,6 +5,10 @@
 //! keyword inside a string never triggers anything. It errs on the safe side: anything it
 //! cannot place precisely pins the client to its backend.
 
+use std::borrow::Cow;
+
+use smallvec::SmallVec;
+
 use crate::backend::conn::ItemKind;
 
 /// What a statement does to session state.
@@ -78,35 +82,67 @@ pub fn is_reported(name: &str) -> bool {
     REPORTED.contains(&name.to_ascii_lowercase().as_str())
 }
 
-/// Classifies the text of a simple `Query`.
-pub fn classify_query(sql: &str) -> Effect {
-    let statements = split_statements(sql);
-    let effects: Vec<Effect> = statements.iter().map(|s| classify_one(s)).collect();
-
-    match effects.as_slice() {
-        [] => Effect::None,
-        [one] => one.clone(),
-        many => combine(many),
+/// SQL text from the wire. Valid UTF-8, the rule, is borrowed after one fast check;
+/// anything else is read with replacement characters, which never form a keyword.
+pub fn sql_text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
-/// The effect of several statements in one query. Connection-reset batches (such as a
-/// driver's `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`) are
-/// tracked like their single-statement forms; any other session change pins.
-fn combine(effects: &[Effect]) -> Effect {
-    let changes: Vec<&Effect> = effects.iter().filter(|e| **e != Effect::None).collect();
-    let resets_only = changes.iter().all(|e| {
-        matches!(
-            e,
-            Effect::ResetAll | Effect::DeallocateAll | Effect::DiscardAll
-        )
-    });
+/// Classifies the text of a simple `Query`.
+pub fn classify_query(sql: &str) -> Effect {
+    let mut effects = Combined::default();
+    for_each_statement(sql, |raw| effects.add(classify_raw(raw)));
+    effects.finish()
+}
 
-    match changes.as_slice() {
-        [] => Effect::None,
-        [one] if resets_only => (*one).clone(),
-        _ if resets_only => Effect::DiscardAll,
-        _ => Effect::Pin("session change inside a multi-statement query"),
+/// The effect of several statements in one query, folded as they are classified.
+/// Connection-reset batches (such as a driver's `SELECT pg_advisory_unlock_all(); CLOSE
+/// ALL; UNLISTEN *; RESET ALL;`) are tracked like their single-statement forms; any other
+/// session change pins.
+#[derive(Default)]
+struct Combined {
+    /// Statements seen.
+    statements: usize,
+    /// The first effect other than `None`.
+    first: Option<Effect>,
+    /// How many effects other than `None` there were.
+    changes: usize,
+    /// Whether every one of them is a reset.
+    resets_only: bool,
+}
+
+impl Combined {
+    fn add(&mut self, effect: Effect) {
+        self.statements += 1;
+        if effect == Effect::None {
+            return;
+        }
+
+        let reset = matches!(
+            effect,
+            Effect::ResetAll | Effect::DeallocateAll | Effect::DiscardAll
+        );
+        self.resets_only = reset && (self.changes == 0 || self.resets_only);
+        self.changes += 1;
+        if self.first.is_none() {
+            self.first = Some(effect);
+        }
+    }
+
+    fn finish(self) -> Effect {
+        let Some(first) = self.first else {
+            return Effect::None;
+        };
+        if self.statements == 1 || (self.resets_only && self.changes == 1) {
+            return first;
+        }
+        if self.resets_only {
+            return Effect::DiscardAll;
+        }
+        Effect::Pin("session change inside a multi-statement query")
     }
 }
 
@@ -116,10 +152,117 @@ pub fn classify_parse(sql: &str) -> Effect {
     classify_query(sql)
 }
 
-/// One statement, already split and with comments removed from its tokens.
+/// One statement, already split and with comments removed from its tokens; its words
+/// folded to lower case as PostgreSQL folds unquoted identifiers.
 struct Statement<'a> {
     text: &'a str,
     words: Vec<String>,
+}
+
+/// One statement as written: its words unfolded, kept inline so that the common case
+/// allocates nothing.
+struct RawStatement<'a> {
+    text: &'a str,
+    words: SmallVec<[Word<'a>; LEADING_WORDS + 2]>,
+}
+
+/// A word of a statement as written.
+#[derive(Clone)]
+enum Word<'a> {
+    /// Unquoted: PostgreSQL folds it to lower case.
+    Plain(&'a str),
+    /// A quoted identifier: its case is kept.
+    Quoted(Cow<'a, str>),
+}
+
+impl Word<'_> {
+    /// Whether this is the unquoted keyword `keyword` (given in lower case).
+    fn is(&self, keyword: &str) -> bool {
+        matches!(self, Self::Plain(w) if w.eq_ignore_ascii_case(keyword))
+    }
+
+    /// The word as PostgreSQL reads it.
+    fn folded(&self) -> String {
+        match self {
+            Self::Plain(w) => w.to_ascii_lowercase(),
+            Self::Quoted(w) => w.clone().into_owned(),
+        }
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            Self::Plain(w) => w,
+            Self::Quoted(w) => w,
+        }
+    }
+}
+
+/// First words of statements that can never change session state by themselves; only the
+/// session functions and `SELECT ... INTO TEMP` need a closer look among them.
+const PLAIN_FIRST_WORDS: &[&str] = &[
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "with",
+    "values",
+    "table",
+    "begin",
+    "start",
+    "commit",
+    "rollback",
+    "end",
+    "savepoint",
+    "release",
+    "explain",
+    "fetch",
+    "move",
+];
+
+/// Classifies a statement; the common statements are recognised without allocating.
+fn classify_raw(raw: &RawStatement<'_>) -> Effect {
+    if is_plain(raw) {
+        return Effect::None;
+    }
+
+    let statement = Statement {
+        text: raw.text,
+        words: raw.words.iter().map(Word::folded).collect(),
+    };
+    classify_one(&statement)
+}
+
+/// Whether the statement certainly has no session effect. Errs on the side of `false`:
+/// the full classification then decides.
+fn is_plain(raw: &RawStatement<'_>) -> bool {
+    let Some(first) = raw.words.first() else {
+        return true;
+    };
+    if !PLAIN_FIRST_WORDS.iter().any(|k| first.is(k)) {
+        return false;
+    }
+
+    let into_temp = raw.words.windows(2).any(|pair| {
+        pair[0].text().eq_ignore_ascii_case("into")
+            && ["temp", "temporary"]
+                .iter()
+                .any(|t| pair[1].text().eq_ignore_ascii_case(t))
+    });
+    !into_temp && !raw.words.iter().any(|w| may_be_session_function(w.text()))
+}
+
+/// Whether `word`, compared without regard to case, could name a session function.
+fn may_be_session_function(word: &str) -> bool {
+    let bare = word.rfind('.').map_or(word, |dot| &word[dot + 1..]);
+    let starts_temp = |w: &str| {
+        w.get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("pg_temp"))
+    };
+    starts_temp(word)
+        || starts_temp(bare)
+        || SESSION_FUNCTIONS
+            .iter()
+            .any(|(f, _)| f.eq_ignore_ascii_case(bare))
 }
 
 fn classify_one(s: &Statement<'_>) -> Effect {
@@ -256,49 +399,55 @@ fn is_interesting(word: &str) -> bool {
             .any(|k| k.eq_ignore_ascii_case(bare))
 }
 
-/// Splits SQL into statements at top-level semicolons, collecting lower-case word tokens:
-/// the first few of each statement and any later one that can matter.
-fn split_statements(sql: &str) -> Vec<Statement<'_>> {
+/// Splits SQL into statements at top-level semicolons and hands each to `visit` with its
+/// word tokens: the first few of each statement and any later one that can matter.
+/// Statements without words (empty ones between semicolons) are skipped.
+fn for_each_statement<'a>(sql: &'a str, mut visit: impl FnMut(&RawStatement<'a>)) {
     let mut lexer = Lexer {
         sql,
         bytes: sql.as_bytes(),
         pos: 0,
     };
-    let mut out = Vec::new();
     let mut start = 0;
-    let mut words = Vec::new();
+    let mut words = SmallVec::new();
 
     while let Some(token) = lexer.next_token() {
         match token {
             Token::Semicolon => {
-                push_statement(&mut out, &sql[start..lexer.pos - 1], &mut words);
+                let text = &sql[start..lexer.pos - 1];
+                visit_statement(&mut visit, text, &mut words);
                 start = lexer.pos;
             }
             Token::Word(w) if words.len() < LEADING_WORDS || is_interesting(w) => {
-                words.push(w.to_ascii_lowercase())
+                words.push(Word::Plain(w))
             }
-            Token::Quoted(w) if words.len() < LEADING_WORDS => words.push(w.into_owned()),
+            Token::Quoted(w) if words.len() < LEADING_WORDS => words.push(Word::Quoted(w)),
             Token::Word(_) | Token::Quoted(_) | Token::Other => {}
         }
     }
-    push_statement(&mut out, &sql[start..], &mut words);
-    out
+    visit_statement(&mut visit, &sql[start..], &mut words);
 }
 
-fn push_statement<'a>(out: &mut Vec<Statement<'a>>, text: &'a str, words: &mut Vec<String>) {
-    if !words.is_empty() {
-        out.push(Statement {
-            text,
-            words: std::mem::take(words),
-        });
+fn visit_statement<'a>(
+    visit: &mut impl FnMut(&RawStatement<'a>),
+    text: &'a str,
+    words: &mut SmallVec<[Word<'a>; LEADING_WORDS + 2]>,
+) {
+    if words.is_empty() {
+        return;
     }
+    let statement = RawStatement {
+        text,
+        words: std::mem::take(words),
+    };
+    visit(&statement);
 }
 
 enum Token<'a> {
     /// An unquoted word, as written.
     Word(&'a str),
     /// A quoted identifier, case kept.
-    Quoted(std::borrow::Cow<'a, str>),
+    Quoted(Cow<'a, str>),
     Semicolon,
     Other,
 }

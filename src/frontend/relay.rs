@@ -99,7 +99,7 @@ impl Relay<'_> {
         *self.unnamed = None;
         self.conn.unnamed = None;
 
-        let effect = classify::classify_query(&String::from_utf8_lossy(text));
+        let effect = classify::classify_query(&classify::sql_text(text));
 
         match effect {
             Effect::Pin(reason) => {
@@ -112,7 +112,7 @@ impl Relay<'_> {
 
     fn parse(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let parse = message::parse(frame)?;
-        let effect = classify::classify_parse(&String::from_utf8_lossy(parse.query));
+        let effect = classify::classify_parse(&classify::sql_text(parse.query));
         let (flow, effect) = match effect {
             Effect::Pin(reason) => (Flow::Pin(reason), Effect::None),
             Effect::None => (Flow::Continue, Effect::None),

@@ -154,3 +154,28 @@ fn late_session_functions_are_found_in_any_case() {
     let sql = "select a, b, c, d, e, f, g from PG_TEMP.t";
     assert!(matches!(classify_query(sql), Effect::Pin(_)));
 }
+
+#[test]
+fn common_statements_with_session_effects_are_still_seen() {
+    let pinned = |sql: &str| matches!(classify_query(sql), Effect::Pin(_));
+    assert!(pinned("SELECT PG_ADVISORY_LOCK(1)"));
+    assert!(pinned("Select Set_Config('work_mem', '1MB', false)"));
+    assert!(pinned("SELECT * INTO TEMP t FROM x"));
+    assert!(pinned("select * into temporary table t from x"));
+    assert!(pinned("INSERT INTO pg_temp.t VALUES (1)"));
+    assert!(pinned(
+        "WITH a AS (SELECT 1) SELECT public.pg_try_advisory_lock(2)"
+    ));
+    assert!(pinned("SELECT 1; SET work_mem = '1MB'"));
+    assert!(pinned("BEGIN; SET statement_timeout = 1; COMMIT"));
+}
+
+#[test]
+fn quoted_words_are_not_keywords() {
+    assert_eq!(classify_query("\"SET\" x = 1"), Effect::None);
+    assert_eq!(
+        classify_query("SELECT \"pg_advisory_lock\" FROM t"),
+        Effect::Pin("session advisory lock"),
+        "a quoted name of a session function still pins: erring on the safe side"
+    );
+}
