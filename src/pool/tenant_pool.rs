@@ -70,10 +70,11 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// An idle connection and its share of the budget.
+/// An idle connection and its share of the budget. Connections are boxed: they move
+/// between the pool and sessions at every transaction, and a pointer moves cheaply.
 #[derive(Debug)]
 struct Idle {
-    conn: BackendConn,
+    conn: Box<BackendConn>,
     slot: Slot,
     opened: Opened,
 }
@@ -82,7 +83,7 @@ struct Idle {
 #[derive(Debug)]
 pub struct Lease {
     /// The connection.
-    pub conn: BackendConn,
+    pub conn: Box<BackendConn>,
     slot: Slot,
     opened: Opened,
     _permit: Permit,
@@ -151,12 +152,12 @@ impl TenantPool {
         }
 
         let slot = self.budget_slot(deadline, wait).await?;
-        let conn = connect(&self.settings, &self.tenant).await?;
+        let conn = Box::new(connect(&self.settings, &self.tenant).await?);
         let opened = self.opened(&conn);
         Ok(self.lease(conn, slot, opened, permit))
     }
 
-    fn lease(&self, conn: BackendConn, slot: Slot, opened: Opened, permit: Permit) -> Lease {
+    fn lease(&self, conn: Box<BackendConn>, slot: Slot, opened: Opened, permit: Permit) -> Lease {
         self.metrics.in_use.set(self.capacity.in_use() as f64);
         Lease {
             conn,
