@@ -337,6 +337,19 @@ async fn support_sessions_are_audited() {
     let row = admin.query_one(query, &[]).await.unwrap();
     let addr: Option<String> = row.get(0);
     assert!(addr.is_some_and(|a| a.starts_with("127.0.0.1:")));
+
+    admin
+        .execute(
+            "DELETE FROM pgtenant.admins WHERE user_name = 'helpdesk'",
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_until("the removed admin is refused", PROPAGATION * 2, || async {
+        let attempt = login(&proxy, "cat_support", "helpdesk", &password).await;
+        attempt.is_err_and(|e| sqlstate(&e) == "28P01")
+    })
+    .await;
 }
 
 /// Static admins work without a catalog too (logged only); the tenant's own users keep

@@ -76,8 +76,10 @@ pub struct Config {
     pub provisioning: ProvisioningSettings,
     /// Tenants by name, suspended ones included.
     pub tenants: HashMap<String, Arc<Tenant>>,
-    /// Support admins: login name → SCRAM verifier.
+    /// Support admins: login name → SCRAM verifier (the file's and the catalog's).
     pub admins: HashMap<String, Verifier>,
+    /// The file's own admins, which a catalog snapshot adds to.
+    file_admins: HashMap<String, Verifier>,
 }
 
 /// Validated `[provisioning]`.
@@ -214,6 +216,7 @@ impl Config {
             migrations_dir,
             provisioning,
             tenants,
+            file_admins: admins.clone(),
             admins,
         })
     }
@@ -228,7 +231,7 @@ impl Config {
         let tenants = tenant_map(sections, &self.limits, "catalog tenant")?;
         governance::check_fit(&tenants, &self.budget, &self.tiers)?;
         let mut all_admins = logins(admins, "catalog admins")?;
-        all_admins.extend(self.admins.clone());
+        all_admins.extend(self.file_admins.clone());
         Ok(Self {
             tenants,
             admins: all_admins,
