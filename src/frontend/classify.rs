@@ -253,7 +253,13 @@ fn is_plain(raw: &RawStatement<'_>) -> bool {
 
 /// Whether `word`, compared without regard to case, could name a session function.
 fn may_be_session_function(word: &str) -> bool {
-    let bare = word.rfind('.').map_or(word, |dot| &word[dot + 1..]);
+    let bare = unqualified(word);
+
+    // Every session function, and `pg_temp`, starts with one of these letters.
+    let first = |w: &str| w.as_bytes().first().map(u8::to_ascii_lowercase);
+    if !matches!(first(bare), Some(b'p' | b's' | b'd')) && first(word) != Some(b'p') {
+        return false;
+    }
     let starts_temp = |w: &str| {
         w.get(..7)
             .is_some_and(|p| p.eq_ignore_ascii_case("pg_temp"))
@@ -350,7 +356,7 @@ fn classify_deallocate<'w>(w: &impl Fn(usize) -> &'w str) -> Effect {
 
 fn session_function(words: &[String]) -> Option<&'static str> {
     words.iter().find_map(|word| {
-        let bare = word.rsplit('.').next().unwrap_or(word);
+        let bare = unqualified(word);
         let schema_temp = word.starts_with("pg_temp");
         SESSION_FUNCTIONS
             .iter()
@@ -375,9 +381,18 @@ fn has_into_temp(words: &[String]) -> bool {
 /// Words kept from the start of each statement; enough for every keyword rule above.
 const LEADING_WORDS: usize = 6;
 
+/// The name after the last dot of a qualified name (`pg_catalog.set_config` →
+/// `set_config`).
+fn unqualified(word: &str) -> &str {
+    match word.bytes().rposition(|b| b == b'.') {
+        Some(dot) => &word[dot + 1..],
+        None => word,
+    }
+}
+
 /// Later words that still matter: session functions and the `WITH HOLD` / `INTO TEMP` markers.
 fn is_interesting(word: &str) -> bool {
-    let bare = word.rfind('.').map_or(word, |dot| &word[dot + 1..]);
+    let bare = unqualified(word);
 
     // Every interesting word starts with one of these letters; most words do not.
     let first = bare.as_bytes().first().map(u8::to_ascii_lowercase);
