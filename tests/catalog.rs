@@ -432,3 +432,40 @@ async fn tenants_cannot_read_the_catalog() {
         }
     }
 }
+
+/// A tenant row the proxy cannot use is left out and logged, without holding back the
+/// rest of the catalog; once mended it is served.
+#[tokio::test]
+async fn one_bad_row_does_not_block_the_catalog() {
+    let mut admin = superuser().await;
+    let bad = catalog_tenant(&mut admin, "cat_badrow").await;
+    admin
+        .execute(
+            "UPDATE pgtenant.credentials SET verifier = 'SCRAM-SHA-256$not-a-verifier' \
+             WHERE tenant = 'cat_badrow'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let proxy = catalog_proxy().await;
+
+    let good = catalog_tenant(&mut admin, "cat_goodrow").await;
+    bounded(
+        "login",
+        time_until_login(&proxy, &good.name, &good.password),
+    )
+    .await;
+    let refused = login(&proxy, "cat_badrow", "app", &bad.password).await;
+    assert_eq!(sqlstate(&refused.err().unwrap()), "28P01");
+
+    let verifier = postgres_protocol::password::scram_sha_256(bad.password.as_bytes());
+    admin
+        .execute(
+            "UPDATE pgtenant.credentials SET verifier = $1 WHERE tenant = 'cat_badrow'",
+            &[&verifier],
+        )
+        .await
+        .unwrap();
+    let took = bounded("login", time_until_login(&proxy, &bad.name, &bad.password)).await;
+    assert!(took < PROPAGATION, "took {took:?}");
+}

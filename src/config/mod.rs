@@ -222,14 +222,26 @@ impl Config {
     }
 
     /// This configuration serving `sections` and `admins` (read from the catalog) instead
-    /// of its own; refused, naming the tenant, when one is invalid or they cannot fit.
+    /// of its own. A tenant whose row is invalid keeps its previous definition (or stays
+    /// unserved) and is logged, so one bad row never holds back the rest of the catalog;
+    /// tenants that cannot fit in the budget refuse the whole snapshot.
     pub fn with_tenants(
         &self,
         sections: &[TenantSection],
         admins: &[UserSection],
     ) -> Result<Self, ConfigError> {
-        let tenants = tenant_map(sections, &self.limits, "catalog tenant")?;
+        let mut tenants = HashMap::new();
+        for section in sections {
+            let key = format!("catalog tenant {:?}", section.name);
+            match validate_tenant(&key, section, &self.limits) {
+                Ok(tenant) => {
+                    tenants.insert(tenant.name.clone(), Arc::new(tenant));
+                }
+                Err(error) => self.keep_previous(&mut tenants, &section.name, &error),
+            }
+        }
         governance::check_fit(&tenants, &self.budget, &self.tiers)?;
+
         let mut all_admins = logins(admins, "catalog admins")?;
         all_admins.extend(self.file_admins.clone());
         Ok(Self {
@@ -237,6 +249,23 @@ impl Config {
             admins: all_admins,
             ..self.clone()
         })
+    }
+
+    fn keep_previous(
+        &self,
+        tenants: &mut HashMap<String, Arc<Tenant>>,
+        name: &str,
+        error: &ConfigError,
+    ) {
+        let previous = self.tenants.get(name).cloned();
+        tracing::error!(
+            %error,
+            kept_previous = previous.is_some(),
+            "catalog tenant rejected"
+        );
+        if let Some(previous) = previous {
+            tenants.insert(name.to_owned(), previous);
+        }
     }
 }
 

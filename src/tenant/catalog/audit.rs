@@ -39,7 +39,8 @@ pub async fn record(client: &impl GenericClient, entry: &AuditEntry) -> Result<i
         )
         .await
         .map_err(query_error("write the audit log"))?;
-    Ok(row.get(0))
+    row.try_get(0)
+        .map_err(query_error("read the new audit log id"))
 }
 
 /// Marks the event `id` as ended now.

@@ -56,10 +56,10 @@ pub enum CatalogError {
     #[error("the catalog connection was closed")]
     Lost,
     /// A row holds a value pgtenant cannot use.
-    #[error("catalog tenant {tenant:?}: {message}")]
+    #[error("catalog: {row}: {message}")]
     BadRow {
-        /// Tenant name.
-        tenant: String,
+        /// Which row, e.g. `tenant "acme"`.
+        row: String,
         /// What is wrong.
         message: String,
     },
@@ -192,7 +192,10 @@ async fn installed_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i32, 
         .query_opt("SELECT version FROM pgtenant.catalog_version", &[])
         .await
         .map_err(query_error("read the catalog version"))?;
-    Ok(row.map_or(0, |r| r.get(0)))
+    match row {
+        Some(row) => field(&row, 0, "catalog_version"),
+        None => Ok(0),
+    }
 }
 
 /// Reads every active and suspended tenant with its logins, and the support admins.
@@ -213,7 +216,7 @@ pub async fn load(client: &Client) -> Result<Snapshot, CatalogError> {
 
     let mut tenants = Vec::with_capacity(rows.len());
     for row in &rows {
-        let name: String = row.get(0);
+        let name: String = field(row, 0, "tenants")?;
         let logins = users.remove(&name).unwrap_or_default();
         tenants.push(tenant_section(row, name, logins)?);
     }
@@ -222,43 +225,56 @@ pub async fn load(client: &Client) -> Result<Snapshot, CatalogError> {
     Ok(Snapshot { tenants, admins })
 }
 
+/// Column `i` of a catalog row, or an error naming the row: a catalog changed by hand
+/// must not panic the proxy.
+fn field<'r, T: tokio_postgres::types::FromSql<'r>>(
+    row: &'r tokio_postgres::Row,
+    i: usize,
+    owner: &str,
+) -> Result<T, CatalogError> {
+    row.try_get(i).map_err(|e| CatalogError::BadRow {
+        row: owner.to_owned(),
+        message: format!("column {:?}: {e}", row.columns().get(i).map(|c| c.name())),
+    })
+}
+
 fn tenant_section(
     row: &tokio_postgres::Row,
     name: String,
     users: Vec<UserSection>,
 ) -> Result<TenantSection, CatalogError> {
+    let owner = format!("tenant {name:?}");
     let bad = |message: String| CatalogError::BadRow {
-        tenant: name.clone(),
+        row: owner.clone(),
         message,
     };
-    let pool_mode = match row.get::<_, &str>(4) {
+    let pool_mode = match field::<&str>(row, 4, &owner)? {
         "session" => PoolMode::Session,
         "transaction" => PoolMode::Transaction,
         other => return Err(bad(format!("unknown pool_mode {other:?}"))),
     };
-    let tier = row
-        .get::<_, Option<&str>>(6)
+    let tier = field::<Option<&str>>(row, 6, &owner)?
         .map(|t| parse_tier(t).ok_or_else(|| bad(format!("unknown tier {t:?}"))))
         .transpose()?;
-    let count = |i: usize| -> Result<Option<usize>, CatalogError> {
-        row.get::<_, Option<i32>>(i)
-            .map(|n| usize::try_from(n).map_err(|_| bad(format!("negative count {n}"))))
+    let count = |i: usize| -> Result<Option<u32>, CatalogError> {
+        field::<Option<i32>>(row, i, &owner)?
+            .map(|n| u32::try_from(n).map_err(|_| bad(format!("negative count {n}"))))
             .transpose()
     };
+    let size =
+        |i: usize| -> Result<Option<usize>, CatalogError> { Ok(count(i)?.map(|n| n as usize)) };
 
     Ok(TenantSection {
-        schema: Some(row.get(1)),
-        role: Some(row.get(2)),
-        role_password: row.get(3),
+        schema: Some(field(row, 1, &owner)?),
+        role: Some(field(row, 2, &owner)?),
+        role_password: field(row, 3, &owner)?,
         pool_mode,
-        pool_size: count(5)?,
+        pool_size: size(5)?,
         tier,
-        transactions_per_second: row.get(7),
-        burst: row
-            .get::<_, Option<i32>>(8)
-            .map(|b| u32::try_from(b).unwrap_or(0)),
-        max_client_connections: count(9)?,
-        suspended: row.get(10),
+        transactions_per_second: field(row, 7, &owner)?,
+        burst: count(8)?,
+        max_client_connections: size(9)?,
+        suspended: field(row, 10, &owner)?,
         users,
         name,
     })
@@ -287,11 +303,13 @@ async fn load_credentials(
         .map_err(query_error("read credentials"))?;
 
     let mut users: HashMap<String, Vec<UserSection>> = HashMap::new();
-    for row in rows {
-        users.entry(row.get(0)).or_default().push(UserSection {
-            name: row.get(1),
-            verifier: row.get(2),
-        });
+    for row in &rows {
+        let tenant: String = field(row, 0, "credentials")?;
+        let user = UserSection {
+            name: field(row, 1, "credentials")?,
+            verifier: field(row, 2, "credentials")?,
+        };
+        users.entry(tenant).or_default().push(user);
     }
     Ok(users)
 }
@@ -304,11 +322,12 @@ async fn load_admins(client: &Client) -> Result<Vec<UserSection>, CatalogError> 
         )
         .await
         .map_err(query_error("read admins"))?;
-    Ok(rows
-        .into_iter()
-        .map(|row| UserSection {
-            name: row.get(0),
-            verifier: row.get(1),
+    rows.iter()
+        .map(|row| {
+            Ok(UserSection {
+                name: field(row, 0, "admins")?,
+                verifier: field(row, 1, "admins")?,
+            })
         })
-        .collect())
+        .collect()
 }
