@@ -576,3 +576,87 @@ async fn commands_need_a_catalog_and_a_known_tenant() {
     let message = setup.fails(&["list"]).await;
     assert!(message.contains("[catalog]"), "{message}");
 }
+
+/// `pgtenant dev` creates its tenants through the catalog with the requested pool size and
+/// mode, prints the banner the benchmarks parse, and a tenant created afterwards with its
+/// configuration file logs in through its proxy at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_serves_tenants_created_after_it_started() {
+    use tokio::io::AsyncBufReadExt;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dev = tokio::process::Command::new(pgtenant_bin())
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--tenants",
+            "devone",
+            "--pool-size",
+            "3",
+            "--pool-mode",
+            "session",
+        ])
+        .env("PGTENANT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+
+    let mut banner = Vec::new();
+    while let Some(line) = common::bounded("dev banner", lines.next_line())
+        .await
+        .unwrap()
+    {
+        let last = line.starts_with("More tenants:");
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
+    let text = banner.join("\n");
+    let config = text
+        .lines()
+        .find_map(|l| l.strip_prefix("config file: "))
+        .unwrap_or_else(|| panic!("no config file line: {text}"));
+    assert!(text.contains("\npostgres:    postgres://"), "{text}");
+    assert!(
+        text.contains("\ntenant devone:\n  DATABASE_URL=postgres://app:"),
+        "{text}"
+    );
+    assert!(text.contains("pgtenant tenant create demo3"), "{text}");
+
+    let config = PathBuf::from(config);
+    let show = tenant_command(&config, &["show", "devone"]).await;
+    let show = String::from_utf8(show.stdout).unwrap();
+    assert!(
+        show.contains("pool size:     3") && show.contains("pool mode:     session"),
+        "{show}"
+    );
+
+    let out = tenant_command(&config, &["create", "demo3", "--demo-data"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = database_url(&String::from_utf8(out.stdout).unwrap()).replace("require", "disable");
+    common::wait_until("demo3 logs in through dev's proxy", NOTIFY, || async {
+        match connect_plain(url.parse().unwrap()).await {
+            Ok(client) => client.query("SELECT * FROM customers", &[]).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+
+    let pid = dev.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = common::bounded("dev stops", dev.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
