@@ -244,8 +244,7 @@ def start_dev(children: Children, args, workdir: Path) -> Dev:
 
     config_path = Path(found["config"])
     config = tomllib.loads(config_path.read_text())
-    tenant = next(t for t in config["tenants"] if t["name"] == TENANT)
-    user = tenant["users"][0]
+    role_password = catalog_role_password(args, found["superuser"], TENANT)
     match = re.match(r"postgres://([^:]+):([^@]+)@", found["tenant"])
     if not match:
         raise RuntimeError(f"cannot parse the tenant URL printed by pgtenant dev: {found['tenant']}")
@@ -256,12 +255,25 @@ def start_dev(children: Children, args, workdir: Path) -> Dev:
         tenant_url=found["tenant"],
         app_user=match.group(1),
         app_password=match.group(2),
-        role_password=tenant["role_password"],
+        role_password=role_password,
         pg_port=int(config["backend"]["port"]),
         proxy_port=proxy_port,
         tls_cert=Path(config["proxy"]["tls_cert"]),
         tls_key=Path(config["proxy"]["tls_key"]),
     )
+
+
+def catalog_role_password(args, superuser_url: str, tenant: str) -> str:
+    """The tenant role's password, from the catalog `pgtenant dev` keeps its tenants in."""
+    out = run_checked(
+        [args.psql, "-X", "-Atc",
+         f"SELECT role_password FROM pgtenant.role_secrets WHERE tenant = '{tenant}'",
+         superuser_url],
+        "reading the tenant's role password from the catalog",
+    ).stdout.strip()
+    if not out:
+        raise RuntimeError(f"no role secret for tenant {tenant} in the catalog")
+    return out
 
 
 def prepare_database(dev: Dev, args) -> None:

@@ -11,6 +11,7 @@ pub mod check;
 pub mod dev;
 pub mod passwd;
 pub mod serve;
+pub mod tenant;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ pub enum Command {
     },
     /// Read a password on stdin and print its SCRAM-SHA-256 verifier.
     Passwd,
+    /// Create, inspect, change and remove tenants in the catalog.
+    Tenant(tenant::TenantArgs),
 }
 
 /// Entry point for the binary.
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args),
         Command::Check { config } => check::run(&config),
         Command::Passwd => passwd::run(),
+        Command::Tenant(args) => tenant::run(args),
     };
 
     match result {

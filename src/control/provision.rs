@@ -5,7 +5,7 @@
 //! call runs in one transaction on a superuser connection, so a failure leaves nothing behind.
 //! Utility statements take no bind parameters, so names and literals are quoted here.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 /// What to create for one tenant.
 #[derive(Clone, Copy)]
@@ -113,7 +113,12 @@ pub async fn load_demo_data(
     Ok(())
 }
 
-async fn create_tenant_steps(client: &Client, spec: &TenantSpec<'_>) -> Result<(), ProvisionError> {
+/// The statements of [`create_tenant`] without the transaction around them, for callers that
+/// provision inside a transaction of their own (`tenant create`).
+pub async fn create_tenant_steps(
+    client: &impl GenericClient,
+    spec: &TenantSpec<'_>,
+) -> Result<(), ProvisionError> {
     check_database(client, spec).await?;
 
     let role = quote_ident(spec.role);
@@ -154,7 +159,10 @@ fn role_options(spec: &TenantSpec<'_>) -> String {
     )
 }
 
-async fn check_database(client: &Client, spec: &TenantSpec<'_>) -> Result<(), ProvisionError> {
+async fn check_database(
+    client: &impl GenericClient,
+    spec: &TenantSpec<'_>,
+) -> Result<(), ProvisionError> {
     let row = client
         .query_one("SELECT current_database()", &[])
         .await
@@ -171,7 +179,10 @@ async fn check_database(client: &Client, spec: &TenantSpec<'_>) -> Result<(), Pr
     })
 }
 
-async fn role_exists(client: &Client, spec: &TenantSpec<'_>) -> Result<bool, ProvisionError> {
+async fn role_exists(
+    client: &impl GenericClient,
+    spec: &TenantSpec<'_>,
+) -> Result<bool, ProvisionError> {
     let rows = client
         .query(
             "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
@@ -298,7 +309,7 @@ async fn finish(
 
 /// Runs one or more statements with no parameters.
 async fn run(
-    client: &Client,
+    client: &impl GenericClient,
     step: &'static str,
     target: &str,
     sql: &str,
@@ -322,12 +333,12 @@ fn pg_error(
 }
 
 /// Quotes an SQL identifier: wraps it in double quotes, doubling any inside.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Quotes an SQL string literal, independent of `standard_conforming_strings`.
-fn quote_literal(value: &str) -> String {
+pub(crate) fn quote_literal(value: &str) -> String {
     let doubled = value.replace('\'', "''");
     if doubled.contains('\\') {
         format!("E'{}'", doubled.replace('\\', "\\\\"))

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Provisioning: how long does `pgtenant tenant create` take with a 20-table migration set?
+
+One run builds pgtenant in release mode, starts `pgtenant dev` (a throwaway PostgreSQL plus a
+catalog-backed proxy), writes a migration set of 20 tables (one file each, with indexes and
+foreign keys) into a temporary directory, points a copy of dev's configuration file at it and
+runs `pgtenant tenant create bench_<i>` N times in a row. For each run it keeps the wall time
+of the command and the per-step timings the command prints, then checks that the last tenant
+logs in through the proxy with the printed URL. The goal, p95 of the total under one second,
+is reported as met or not met; it is never a reason to fail. The report is printed and written
+to bench/results/provision-<timestamp>.md.
+
+Python 3.11+, standard library only. Shares its helpers with compare.py. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import (  # noqa: E402  (bench/compare.py: process and formatting helpers)
+    LOOPBACK,
+    REPO,
+    Children,
+    Stop,
+    find_program,
+    free_port,
+    install_signal_handlers,
+    log,
+)
+
+# The goal this benchmark tracks; reported, never a reason to fail.
+GOAL_P95_S = 1.0
+
+TIMINGS = re.compile(r"^timings \(ms\): (.*)$", re.MULTILINE)
+DATABASE_URL = re.compile(r"^\s*DATABASE_URL=(\S+)$", re.MULTILINE)
+
+
+def binary() -> Path:
+    target = os.environ.get("CARGO_TARGET_DIR")
+    base = Path(target) if target else REPO / "target"
+    return base / "release" / "pgtenant"
+
+
+def start_dev(children: Children, workdir: Path, port: int) -> tuple[Path, str]:
+    """Starts `pgtenant dev`; returns its configuration file and the proxy address."""
+    argv = [str(binary()), "dev", "--listen", f"{LOOPBACK}:{port}", "--tenants", "warmup"]
+    log(f"starting: {' '.join(argv)}")
+    stderr_log = open(workdir / "pgtenant-dev.log", "w", encoding="utf-8")
+    proc = children.start("pgtenant dev", argv, signal.SIGINT,
+                          stdout=subprocess.PIPE, stderr=stderr_log, text=True)
+
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:  # keep reading so the proxy never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+        except queue.Empty:
+            line = None
+        if line is None:
+            tail = (workdir / "pgtenant-dev.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"`pgtenant dev` printed no banner within 90 s; log:\n{tail}")
+        if line.startswith("config file:"):
+            return Path(line.split(":", 1)[1].strip()), f"{LOOPBACK}:{port}"
+
+
+def write_migrations(directory: Path, tables: int) -> None:
+    """One file per table; each references the previous table and adds two indexes."""
+    directory.mkdir(parents=True)
+    for n in range(1, tables + 1):
+        parent = f",\n    parent_id bigint REFERENCES table_{n - 1:02d}" if n > 1 else ""
+        sql = (
+            f"CREATE TABLE table_{n:02d} (\n"
+            f"    id bigserial PRIMARY KEY,\n"
+            f"    name text NOT NULL,\n"
+            f"    status text NOT NULL DEFAULT 'new' CHECK (status IN ('new', 'done')),\n"
+            f"    amount_cents bigint NOT NULL DEFAULT 0,\n"
+            f"    created_at timestamptz NOT NULL DEFAULT now(){parent}\n"
+            f");\n"
+            f"CREATE INDEX table_{n:02d}_name ON table_{n:02d} (name);\n"
+            f"CREATE INDEX table_{n:02d}_created_at ON table_{n:02d} (created_at);\n"
+        )
+        (directory / f"{n:04d}_table_{n:02d}.sql").write_text(sql)
+
+
+def bench_config(dev_config: Path, migrations: Path, target: Path) -> None:
+    """dev's configuration with `[migrations] dir` pointing at the bench set."""
+    text = dev_config.read_text()
+    text, count = re.subn(r'(?m)^(\[migrations\]\ndir = ).*$', rf'\g<1>"{migrations}"', text)
+    if count != 1:
+        raise RuntimeError(f"no [migrations] dir in {dev_config}")
+    target.write_text(text)
+
+
+def create(config: Path, name: str) -> tuple[float, dict[str, float], str]:
+    """Runs `tenant create`; returns wall seconds, printed step timings (ms) and the URL."""
+    started = time.monotonic()
+    out = subprocess.run([str(binary()), "tenant", "create", name, "--config", str(config)],
+                         capture_output=True, text=True,
+                         env={**os.environ, "PGTENANT_LOG": "warn"})
+    wall = time.monotonic() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"tenant create {name} failed: {out.stderr.strip()}")
+    timings = TIMINGS.search(out.stdout)
+    url = DATABASE_URL.search(out.stdout)
+    if not timings or not url:
+        raise RuntimeError(f"tenant create {name} printed no timings or URL:\n{out.stdout}")
+    steps = {k: float(v) for k, v in (p.split("=", 1) for p in timings.group(1).split())}
+    return wall, steps, url.group(1)
+
+
+def check_login(psql: str | None, url: str, tables: int) -> str:
+    """The last tenant's printed URL must log in through the proxy and see its tables."""
+    if psql is None:
+        return "skipped (no psql)"
+    deadline = time.monotonic() + 5
+    sql = "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+    while True:
+        out = subprocess.run([psql, "-X", "-Atc", sql, url], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip() == str(tables):
+            return f"ok ({tables} tables through the proxy)"
+        if time.monotonic() > deadline:
+            return f"FAILED: {out.stdout.strip()} {out.stderr.strip()}"
+        time.sleep(0.1)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))  # nearest rank
+    return ordered[int(rank) - 1]
+
+
+def report(walls: list[float], runs: list[dict[str, float]], login: str, args) -> str:
+    totals = [r["total"] / 1000 for r in runs]
+    p95 = percentile(totals, 95)
+    steps = [k for k in runs[0] if k != "total"]
+    means = {k: sum(r.get(k, 0.0) for r in runs) / len(runs) for k in steps}
+    slowest = max(means, key=means.get)
+    verdict = "met" if p95 < GOAL_P95_S else "not met"
+
+    lines = [
+        f"# pgtenant provisioning, {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        "",
+        f"{len(runs)} × `pgtenant tenant create bench_<i>` with {args.tables} migration files "
+        f"(one table, two indexes each); host {platform.node()}, {os.cpu_count()} CPUs, "
+        f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.",
+        "",
+        "| measure | p50 | p95 | max |",
+        "| --- | ---: | ---: | ---: |",
+        f"| total as printed (ms) | {percentile(totals, 50) * 1000:.1f} | {p95 * 1000:.1f} "
+        f"| {max(totals) * 1000:.1f} |",
+        f"| wall time of the command (ms) | {percentile(walls, 50) * 1000:.1f} "
+        f"| {percentile(walls, 95) * 1000:.1f} | {max(walls) * 1000:.1f} |",
+        "",
+        "| step | mean (ms) |",
+        "| --- | ---: |",
+        *[f"| {k} | {v:.1f} |" for k, v in means.items()],
+        "",
+        f"Slowest step on average: **{slowest}** ({means[slowest]:.1f} ms).",
+        f"Goal p95 total < {GOAL_P95_S:.0f} s: **{verdict}** (p95 {p95 * 1000:.1f} ms).",
+        f"Last tenant's DATABASE_URL through the proxy: {login}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--count", type=int, default=50, help="tenants to create")
+    p.add_argument("--tables", type=int, default=20, help="migration files (one table each)")
+    p.add_argument("--port", type=int, default=0, help="proxy port; 0 picks a free one")
+    p.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    install_signal_handlers()
+    children = Children()
+    workdir = Path(tempfile.mkdtemp(prefix="pgtenant-provision-"))
+    try:
+        if not args.no_build:
+            log("building pgtenant (cargo build --release)")
+            subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
+        dev_config, _ = start_dev(children, workdir, args.port or free_port())
+        write_migrations(workdir / "migrations", args.tables)
+        config = workdir / "pgtenant.toml"
+        bench_config(dev_config, workdir / "migrations", config)
+
+        walls, runs, url = [], [], ""
+        for i in range(args.count):
+            wall, steps, url = create(config, f"bench_{i}")
+            walls.append(wall)
+            runs.append(steps)
+        log(f"created {args.count} tenants")
+
+        pg_dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+        login = check_login(find_program("psql", [str(d) for d in pg_dirs]), url, args.tables)
+        text = report(walls, runs, login, args)
+        print(text)
+        results = Path(args.results_dir)
+        results.mkdir(parents=True, exist_ok=True)
+        path = results / f"provision-{dt.datetime.now():%Y%m%d-%H%M%S}.md"
+        path.write_text(text)
+        log(f"report written to {path}")
+        return 0
+    except (Stop, RuntimeError, subprocess.CalledProcessError) as error:
+        log(f"stopped: {error} (working directory kept: {workdir})")
+        return 1
+    finally:
+        children.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
