@@ -4,6 +4,7 @@
 use tokio_postgres::{Client, Row};
 
 use super::error::{ControlError, query};
+use crate::tenant::catalog::field;
 
 /// Timestamps are shown in UTC, to the second.
 const TIME: &str = "'YYYY-MM-DD HH24:MI:SS'";
@@ -88,15 +89,16 @@ fn list_columns() -> String {
     )
 }
 
-fn tenant_row(row: &Row) -> TenantRow {
-    TenantRow {
-        name: row.get(0),
-        schema: row.get(1),
-        tier: row.get(2),
-        pool_mode: row.get(3),
-        state: row.get(4),
-        created: row.get(5),
-    }
+fn tenant_row(row: &Row) -> Result<TenantRow, ControlError> {
+    let owner = "tenants";
+    Ok(TenantRow {
+        name: field(row, 0, owner)?,
+        schema: field(row, 1, owner)?,
+        tier: field(row, 2, owner)?,
+        pool_mode: field(row, 3, owner)?,
+        state: field(row, 4, owner)?,
+        created: field(row, 5, owner)?,
+    })
 }
 
 /// Every tenant in the catalog, by name.
@@ -109,7 +111,7 @@ pub async fn list(client: &Client) -> Result<Vec<TenantRow>, ControlError> {
         .query(sql.as_str(), &[])
         .await
         .map_err(query("list tenants", "*"))?;
-    Ok(rows.iter().map(tenant_row).collect())
+    rows.iter().map(tenant_row).collect()
 }
 
 /// One tenant's details; an unknown name is an error.
@@ -126,14 +128,15 @@ pub async fn show(client: &Client, name: &str) -> Result<TenantDetails, ControlE
         .map_err(query("read the tenant", name))?
         .ok_or_else(|| ControlError::UnknownTenant(name.to_owned()))?;
 
+    let owner = format!("tenant {name:?}");
     Ok(TenantDetails {
-        row: tenant_row(&row),
-        role: row.get(6),
-        pool_size: row.get(7),
-        transactions_per_second: row.get(8),
-        burst: row.get(9),
-        max_client_connections: row.get(10),
-        updated: row.get(11),
+        row: tenant_row(&row)?,
+        role: field(&row, 6, &owner)?,
+        pool_size: field(&row, 7, &owner)?,
+        transactions_per_second: field(&row, 8, &owner)?,
+        burst: field(&row, 9, &owner)?,
+        max_client_connections: field(&row, 10, &owner)?,
+        updated: field(&row, 11, &owner)?,
         logins: logins(client, name).await?,
         migrations: migrations(client, name).await?,
         audit: audit(client, name).await?,
@@ -149,7 +152,9 @@ async fn logins(client: &Client, name: &str) -> Result<Vec<(String, String)>, Co
         .query(sql.as_str(), &[&name])
         .await
         .map_err(query("read logins", name))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    rows.iter()
+        .map(|r| Ok((field(r, 0, "credentials")?, field(r, 1, "credentials")?)))
+        .collect()
 }
 
 async fn migrations(client: &Client, name: &str) -> Result<Vec<MigrationRow>, ControlError> {
@@ -163,16 +168,17 @@ async fn migrations(client: &Client, name: &str) -> Result<Vec<MigrationRow>, Co
         .query(sql.as_str(), &[&name])
         .await
         .map_err(query("read migrations", name))?;
-    Ok(rows
-        .iter()
-        .map(|r| MigrationRow {
-            version: r.get(0),
-            name: r.get(1),
-            status: r.get(2),
-            finished: r.get(3),
-            duration_ms: r.get(4),
+    rows.iter()
+        .map(|r| {
+            Ok(MigrationRow {
+                version: field(r, 0, "migrations")?,
+                name: field(r, 1, "migrations")?,
+                status: field(r, 2, "migrations")?,
+                finished: field(r, 3, "migrations")?,
+                duration_ms: field(r, 4, "migrations")?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 async fn audit(client: &Client, name: &str) -> Result<Vec<AuditRow>, ControlError> {
@@ -184,13 +190,14 @@ async fn audit(client: &Client, name: &str) -> Result<Vec<AuditRow>, ControlErro
         .query(sql.as_str(), &[&name, &RECENT_AUDIT])
         .await
         .map_err(query("read the audit log", name))?;
-    Ok(rows
-        .iter()
-        .map(|r| AuditRow {
-            at: r.get(0),
-            actor: r.get(1),
-            action: r.get(2),
-            detail: r.get(3),
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRow {
+                at: field(r, 0, "audit_log")?,
+                actor: field(r, 1, "audit_log")?,
+                action: field(r, 2, "audit_log")?,
+                detail: field(r, 3, "audit_log")?,
+            })
         })
-        .collect())
+        .collect()
 }

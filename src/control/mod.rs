@@ -80,11 +80,12 @@ pub async fn lock_tenant(tx: &Transaction<'_>, name: &str) -> Result<TenantRecor
         .map_err(query("read the tenant", name))?
         .ok_or_else(|| ControlError::UnknownTenant(name.to_owned()))?;
 
+    let owner = format!("tenant {name:?}");
     Ok(TenantRecord {
-        name: row.get(0),
-        schema: row.get(1),
-        role: row.get(2),
-        state: row.get(3),
+        name: catalog::field(&row, 0, &owner)?,
+        schema: catalog::field(&row, 1, &owner)?,
+        role: catalog::field(&row, 2, &owner)?,
+        state: catalog::field(&row, 3, &owner)?,
     })
 }
 

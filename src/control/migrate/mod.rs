@@ -18,7 +18,7 @@ use tokio_postgres::{GenericClient, Transaction};
 pub use source::{Migration, checksum};
 
 use super::provision::quote_ident;
-use crate::tenant::catalog::describe;
+use crate::tenant::catalog::{CatalogError, describe, field};
 
 /// Why migrations could not be read or applied.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,9 @@ pub enum MigrateError {
         /// The server's error.
         source: tokio_postgres::Error,
     },
+    /// A catalog row could not be read.
+    #[error(transparent)]
+    Row(#[from] CatalogError),
     /// A catalog statement failed.
     #[error("cannot {step} for tenant {tenant:?}: {}", describe(.source))]
     Catalog {
@@ -169,14 +172,16 @@ pub async fn applied(
         .await
         .map_err(catalog_error("read applied migrations", tenant))?;
 
-    Ok(rows
-        .iter()
-        .map(|row| Recorded {
-            version: row.get(0),
-            name: row.get(1),
-            checksum: row.get(2),
+    let owner = format!("migrations of tenant {tenant:?}");
+    rows.iter()
+        .map(|row| {
+            Ok(Recorded {
+                version: field(row, 0, &owner)?,
+                name: field(row, 1, &owner)?,
+                checksum: field(row, 2, &owner)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The migrations of `set` not yet applied to `tenant`, oldest first; refused when an applied

@@ -225,9 +225,9 @@ pub async fn load(client: &Client) -> Result<Snapshot, CatalogError> {
     Ok(Snapshot { tenants, admins })
 }
 
-/// Column `i` of a catalog row, or an error naming the row: a catalog changed by hand
-/// must not panic the proxy.
-fn field<'r, T: tokio_postgres::types::FromSql<'r>>(
+/// Column `i` of a catalog row, or an error naming the row (`owner`): a catalog changed
+/// by hand must not panic the proxy or the CLI.
+pub fn field<'r, T: tokio_postgres::types::FromSql<'r>>(
     row: &'r tokio_postgres::Row,
     i: usize,
     owner: &str,
