@@ -343,6 +343,33 @@ async fn failed_migration_leaves_nothing_and_rerun_completes() {
     client.query("SELECT * FROM ok", &[]).await.unwrap();
 }
 
+/// A migration or demo data file that would commit pgtenant's transaction itself is
+/// refused before anything is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_that_commit_themselves_are_refused() {
+    let proxy = catalog_proxy().await;
+    let setup = Setup::new(&proxy);
+    setup.write_migration(
+        "0003_early.sql",
+        "CREATE TABLE a (id int);\nCOMMIT;\nSELEC 1;",
+    );
+
+    let message = setup.fails(&["create", "ctl_commit"]).await;
+    assert!(message.contains("0003_early.sql"), "{message}");
+    assert!(message.contains("`COMMIT`"), "{message}");
+    assert_eq!(traces("ctl_commit").await, (false, false, false));
+
+    setup.write_migration("0003_early.sql", "CREATE TABLE a (id int);");
+    std::fs::write(
+        setup.dir.path().join("demo_data.sql"),
+        "INSERT INTO customers (name, plan) VALUES ('x', 'free'); END;",
+    )
+    .unwrap();
+    let message = setup.fails(&["create", "ctl_commit", "--demo-data"]).await;
+    assert!(message.contains("demo_data.sql"), "{message}");
+    assert_eq!(traces("ctl_commit").await, (false, false, false));
+}
+
 /// Failing demo data SQL rolls the whole creation back too.
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_demo_data_leaves_nothing() {

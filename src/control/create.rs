@@ -168,6 +168,7 @@ fn read_inputs(config: &Config, request: &CreateRequest) -> Result<Inputs, Contr
         path: path.clone(),
         source,
     })?;
+    crate::control::migrate::source::refuse_transaction_control(&path, &sql)?;
     Ok(Inputs {
         migrations,
         demo_data: Some((path, sql)),

@@ -98,6 +98,32 @@ pub fn classify_query(sql: &str) -> Effect {
     effects.finish()
 }
 
+/// The first statement of `sql` that opens or ends a transaction block (`BEGIN`,
+/// `COMMIT`, `ROLLBACK`, `END`, `ABORT`, `START TRANSACTION`, `PREPARE TRANSACTION`), as
+/// its first two words. SQL that pgtenant runs inside a transaction of its own, such as a
+/// migration file, must contain none: it would commit half of the work.
+pub fn transaction_control(sql: &str) -> Option<String> {
+    let mut found = None;
+    for_each_statement(sql, |raw| {
+        if found.is_none() && ends_transaction(raw) {
+            let words: Vec<&str> = raw.words.iter().take(2).map(Word::text).collect();
+            found = Some(words.join(" "));
+        }
+    });
+    found
+}
+
+fn ends_transaction(raw: &RawStatement<'_>) -> bool {
+    let word = |i: usize| raw.words.get(i);
+    let is = |i: usize, keyword: &str| word(i).is_some_and(|w| w.is(keyword));
+
+    let savepoint_rollback = is(0, "rollback") && (is(1, "to") || is(2, "to"));
+    let control = ["begin", "start", "commit", "end", "rollback", "abort"]
+        .iter()
+        .any(|k| is(0, k));
+    (control && !savepoint_rollback) || (is(0, "prepare") && is(1, "transaction"))
+}
+
 /// The effect of several statements in one query, folded as they are classified.
 /// Connection-reset batches (such as a driver's `SELECT pg_advisory_unlock_all(); CLOSE
 /// ALL; UNLISTEN *; RESET ALL;`) are tracked like their single-statement forms; any other

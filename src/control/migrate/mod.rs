@@ -8,7 +8,7 @@
 //! was applied is never applied again, and a file whose checksum no longer matches the record
 //! is refused, since the schema would no longer be what the files say.
 
-mod source;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -69,6 +69,19 @@ pub enum MigrateError {
         recorded: String,
         /// Checksum of the file.
         found: String,
+    },
+    /// A file controls transactions itself, which would break all-or-nothing.
+    #[error(
+        "{}: contains `{statement}`; pgtenant runs each file inside its own transaction \
+         (remove it; a SQL-standard `BEGIN ATOMIC` function body needs a dollar-quoted body \
+         instead)",
+        .path.display()
+    )]
+    TransactionControl {
+        /// The file.
+        path: PathBuf,
+        /// The statement's first words.
+        statement: String,
     },
     /// A migration's SQL failed; the transaction is aborted.
     #[error("migration {} failed for tenant {tenant:?}: {}", .path.display(), describe(.source))]

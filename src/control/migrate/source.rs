@@ -81,6 +81,7 @@ fn read_file(path: &Path) -> Result<Option<Migration>, MigrateError> {
     let sql = String::from_utf8(bytes.clone()).map_err(|_| MigrateError::NotUtf8 {
         path: path.to_owned(),
     })?;
+    refuse_transaction_control(path, &sql)?;
 
     Ok(Some(Migration {
         version: version.to_owned(),
@@ -89,6 +90,18 @@ fn read_file(path: &Path) -> Result<Option<Migration>, MigrateError> {
         checksum: checksum(&bytes),
         path: path.to_owned(),
     }))
+}
+
+/// Refuses SQL that would end the transaction pgtenant runs it in, so a failure after it
+/// could not be rolled back.
+pub fn refuse_transaction_control(path: &Path, sql: &str) -> Result<(), MigrateError> {
+    match crate::frontend::classify::transaction_control(sql) {
+        Some(statement) => Err(MigrateError::TransactionControl {
+            path: path.to_owned(),
+            statement,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// `0001_add_users` → (`0001`, `add_users`); `None` unless digits, `_`, then a name.

@@ -179,3 +179,33 @@ fn quoted_words_are_not_keywords() {
         "a quoted name of a session function still pins: erring on the safe side"
     );
 }
+
+#[test]
+fn transaction_control_is_found_outside_quotes_and_bodies() {
+    assert_eq!(transaction_control("CREATE TABLE t (id int)"), None);
+    assert_eq!(
+        transaction_control("create table t (id int);\ncommit;"),
+        Some("commit".into())
+    );
+    assert_eq!(
+        transaction_control("BEGIN; CREATE TABLE t ()"),
+        Some("BEGIN".into())
+    );
+    assert_eq!(
+        transaction_control("SAVEPOINT a; ROLLBACK TO SAVEPOINT a; RELEASE a"),
+        None
+    );
+    assert_eq!(
+        transaction_control("ROLLBACK TRANSACTION TO a"),
+        None,
+        "a rollback to a savepoint stays inside the transaction"
+    );
+    assert_eq!(
+        transaction_control("PREPARE TRANSACTION 'x'"),
+        Some("PREPARE TRANSACTION".into())
+    );
+    assert_eq!(transaction_control("PREPARE q AS SELECT 1"), None);
+    let body = "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN \
+                COMMIT; END $$; SELECT 'commit'; -- commit";
+    assert_eq!(transaction_control(body), None);
+}
