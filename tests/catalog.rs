@@ -469,3 +469,34 @@ async fn one_bad_row_does_not_block_the_catalog() {
     let took = bounded("login", time_until_login(&proxy, &bad.name, &bad.password)).await;
     assert!(took < PROPAGATION, "took {took:?}");
 }
+
+/// Without a catalog, `suspended = true` in the file and a reload suspend a tenant the same
+/// way: the session ends at its next transaction, new logins get 55000.
+#[tokio::test]
+async fn static_suspension_by_reload() {
+    let options = common::ProxyOptions::default();
+    let proxy = Proxy::with(options.clone()).await;
+    let session = proxy.connect("solo").await;
+    session.batch_execute("SELECT 1").await.unwrap();
+
+    let mut file = options.file();
+    for tenant in file.tenants.iter_mut().filter(|t| t.name == "solo") {
+        tenant.suspended = true;
+    }
+    proxy
+        .handle
+        .reload(Config::from_parsed(file, Path::new("/")).unwrap())
+        .unwrap();
+
+    let ended = session.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&ended), "55000", "{ended:?}");
+    let solo = fleet().tenant("solo");
+    let refused = login(&proxy, "solo", &solo.user, &solo.user_password).await;
+    assert_eq!(sqlstate(&refused.err().unwrap()), "55000");
+    proxy
+        .connect("acme")
+        .await
+        .batch_execute("SELECT 1")
+        .await
+        .unwrap();
+}
