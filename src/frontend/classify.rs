@@ -116,6 +116,15 @@ pub fn classify_parse(sql: &str) -> Effect {
     classify_query(sql)
 }
 
+/// Each statement of `sql` with its leading words (and any later one that matters), folded
+/// as PostgreSQL folds identifiers: unquoted to lower case, quoted as written.
+pub fn statement_words(sql: &str) -> Vec<(&str, Vec<String>)> {
+    split_statements(sql)
+        .into_iter()
+        .map(|s| (s.text, s.words))
+        .collect()
+}
+
 /// One statement, already split and with comments removed from its tokens.
 struct Statement<'a> {
     text: &'a str,
