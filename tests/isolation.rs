@@ -671,14 +671,17 @@ async fn role_checked_policy_survives_a_changed_setting() {
     assert!(payloads(&acme, table).await.is_empty());
 }
 
-/// What the database shows every role by design: other schemas' and roles' names, other
-/// sessions without their queries, server settings, and any notification channel to a
-/// client that bypasses the proxy.
+/// What the database shows every role by design: names of other schemas, roles, tables,
+/// columns and function sources, other sessions without their queries, server settings,
+/// and any notification channel to a client that bypasses the proxy.
 #[tokio::test(flavor = "multi_thread")]
 async fn what_stays_visible_by_design() {
     let proxy = Proxy::with(ProxyOptions::one_backend()).await;
     let acme = proxy.connect("acme").await;
     let globex = proxy.connect("globex").await;
+    let sql = "CREATE OR REPLACE FUNCTION globex.visible_fn() RETURNS int \
+               LANGUAGE sql AS 'SELECT 42'";
+    globex.batch_execute(sql).await.unwrap();
     let globex_pid = scalar(&globex, "SELECT pg_backend_pid()").await.unwrap();
     globex.batch_execute("BEGIN").await.unwrap();
 
@@ -697,6 +700,17 @@ async fn what_stays_visible_by_design() {
             "customers",
         ),
         ("SELECT current_setting('port')::int > 0", "t"),
+        ("SELECT current_setting('max_connections')::int > 0", "t"),
+        (
+            "SELECT attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+          WHERE c.relname = 'customers' AND attname = 'plan' \
+          AND c.relnamespace = 'globex'::regnamespace",
+            "plan",
+        ),
+        (
+            "SELECT prosrc FROM pg_proc WHERE proname = 'visible_fn'",
+            "SELECT 42",
+        ),
     ];
     for (sql, expected) in names {
         assert_eq!(scalar(&acme, sql).await.as_deref(), Some(expected), "{sql}");
