@@ -500,21 +500,21 @@ async fn listen_is_undone_when_the_client_leaves() {
     let b = proxy.connect("acme").await;
     let shared = backend_pid(&a).await;
 
-    a.batch_execute("LISTEN pool_events").await.unwrap();
+    a.batch_execute("LISTEN acme_pool_events").await.unwrap();
     let channels = a
         .query("SELECT pg_listening_channels()", &[])
         .await
         .unwrap();
     assert_eq!(channels.len(), 1);
 
-    su.batch_execute("NOTIFY pool_events, 'hello'")
+    su.batch_execute("NOTIFY acme_pool_events, 'hello'")
         .await
         .unwrap();
     let note = tokio::time::timeout(Duration::from_secs(10), notes.recv())
         .await
         .expect("no notification arrived")
         .expect("connection closed");
-    assert_eq!(note.channel(), "pool_events");
+    assert_eq!(note.channel(), "acme_pool_events");
     assert_eq!(note.payload(), "hello");
 
     drop(a);

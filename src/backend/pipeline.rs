@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use bytes::BytesMut;
 
 use crate::frontend::classify::Effect;
-use crate::protocol::message;
+use crate::protocol::{ClientError, message};
 
 /// One response the proxy is waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,15 @@ pub enum Expect {
     FakeParseComplete,
     /// The proxy answers `CloseComplete` itself.
     FakeCloseComplete,
+    /// A refused statement, replaced by one that fails to parse; the backend's
+    /// `ErrorResponse` (which aborts a transaction block, as the refusal must) is replaced
+    /// by `error`. `simple` for a `Query`, which then still owes its `ReadyForQuery`.
+    Refused {
+        /// What the client is told.
+        error: ClientError,
+        /// A simple `Query` rather than a `Parse`.
+        simple: bool,
+    },
 }
 
 /// Something the session must act on after a backend message.
@@ -63,6 +72,8 @@ pub enum Event {
     ParseFailed(String),
     /// An unnamed `Parse` failed or was skipped: the backend's unnamed statement is unknown.
     UnnamedParseFailed,
+    /// The backend's error for a refused statement was dropped: send the client this one.
+    Refused(ClientError),
 }
 
 /// The backend sent something that does not fit what was asked.
@@ -106,7 +117,9 @@ impl Pipeline {
         }
 
         match expect {
-            Expect::Sync | Expect::Query(_) => self.open_batch = false,
+            Expect::Sync | Expect::Query(_) | Expect::Refused { simple: true, .. } => {
+                self.open_batch = false
+            }
             _ => self.open_batch = true,
         }
         self.queue.push_back(expect);
@@ -168,8 +181,9 @@ impl Pipeline {
             b'Z' => self.ready(frame, events),
             b'E' => {
                 self.copy_in = false;
+                let refused = self.take_refusal(events);
                 self.error(events);
-                Ok(true)
+                Ok(!refused)
             }
             b'G' => {
                 self.start_copy_in();
@@ -294,6 +308,24 @@ impl Pipeline {
         }
     }
 
+    /// When the error answers a refused statement, reports the refusal in its place and
+    /// leaves the queue as a failed `Query` or `Parse` would.
+    fn take_refusal(&mut self, events: &mut Vec<Event>) -> bool {
+        let Some(Expect::Refused { error, simple }) = self.queue.front() else {
+            return false;
+        };
+        events.push(Event::Refused(error.clone()));
+        if *simple {
+            self.queue[0] = Expect::Query(Effect::None);
+        } else {
+            self.queue[0] = Expect::Parse {
+                name: None,
+                hidden: true,
+            };
+        }
+        true
+    }
+
     /// After an error PostgreSQL skips to the next `Sync`; so does the queue.
     fn error(&mut self, events: &mut Vec<Event>) {
         if matches!(self.queue.front(), Some(Expect::Query(_))) {
@@ -398,6 +430,24 @@ mod tests {
             status: b'I',
         };
         assert_eq!(ev, vec![done]);
+    }
+
+    #[test]
+    fn refusal_replaces_the_backend_error_and_ends_the_query() {
+        let mut p = Pipeline::default();
+        let mut out = BytesMut::new();
+        let mut ev = Vec::new();
+        let error = ClientError::error(crate::protocol::ErrorKind::Client, "42501", "no");
+        let refused = Expect::Refused {
+            error: error.clone(),
+            simple: true,
+        };
+        p.push(refused, &mut out);
+
+        assert_eq!(p.on_backend(&frame(b'E', b"\0"), &mut ev), Ok(false));
+        assert_eq!(ev, vec![Event::Refused(error)]);
+        assert_eq!(p.on_backend(&frame(b'Z', b"I"), &mut ev), Ok(true));
+        assert!(p.is_idle());
     }
 
     #[test]

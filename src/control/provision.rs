@@ -140,9 +140,13 @@ pub async fn create_tenant_steps(
     );
     run(client, "create schema", target, &schema_sql).await?;
 
+    // Notification channels are database-wide: pg_notify() could post to any of them with
+    // a computed name, so only the superuser keeps it. (LISTEN and NOTIFY statements need
+    // no privilege at all; the proxy keeps tenants to their own channels.)
     let access_sql = format!(
         "REVOKE ALL ON SCHEMA public FROM PUBLIC; \
          REVOKE CONNECT ON DATABASE {database} FROM PUBLIC; \
+         REVOKE EXECUTE ON FUNCTION pg_catalog.pg_notify(text, text) FROM PUBLIC; \
          GRANT CONNECT ON DATABASE {database} TO {role}"
     );
     run(client, "set database privileges", target, &access_sql).await

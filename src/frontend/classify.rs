@@ -93,9 +93,43 @@ pub fn sql_text(bytes: &[u8]) -> Cow<'_, str> {
 
 /// Classifies the text of a simple `Query`.
 pub fn classify_query(sql: &str) -> Effect {
+    let unchecked = classify_checked(sql, |_, _| Ok::<(), std::convert::Infallible>(()));
+    match unchecked {
+        Ok(effect) => effect,
+        Err(never) => match never {},
+    }
+}
+
+/// Classifies `sql` in the same single pass that lets `check` refuse a statement: `check`
+/// sees the text and folded words of every statement that is not plainly free of session
+/// effects (a `LISTEN`, a `SET`, a call of a session function such as `set_config`, …).
+/// Plain statements (`SELECT`, `INSERT`, … calling no session function) are not shown.
+pub fn classify_checked<E>(
+    sql: &str,
+    mut check: impl FnMut(&str, &[String]) -> Result<(), E>,
+) -> Result<Effect, E> {
     let mut effects = Combined::default();
-    for_each_statement(sql, |raw| effects.add(classify_raw(raw)));
-    effects.finish()
+    let mut refused = None;
+    for_each_statement(sql, |raw| {
+        if refused.is_some() {
+            return;
+        }
+        if is_plain(raw) {
+            effects.add(Effect::None);
+            return;
+        }
+
+        let statement = fold(raw);
+        match check(statement.text, &statement.words) {
+            Ok(()) => effects.add(classify_one(&statement)),
+            Err(error) => refused = Some(error),
+        }
+    });
+
+    match refused {
+        Some(error) => Err(error),
+        None => Ok(effects.finish()),
+    }
 }
 
 /// The first statement of `sql` that opens or ends a transaction block (`BEGIN`,
@@ -245,17 +279,12 @@ const PLAIN_FIRST_WORDS: &[&str] = &[
     "move",
 ];
 
-/// Classifies a statement; the common statements are recognised without allocating.
-fn classify_raw(raw: &RawStatement<'_>) -> Effect {
-    if is_plain(raw) {
-        return Effect::None;
-    }
-
-    let statement = Statement {
+/// A statement with its words folded, for the full classification.
+fn fold<'a>(raw: &RawStatement<'a>) -> Statement<'a> {
+    Statement {
         text: raw.text,
         words: raw.words.iter().map(Word::folded).collect(),
-    };
-    classify_one(&statement)
+    }
 }
 
 /// Whether the statement certainly has no session effect. Errs on the side of `false`:

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::classify::{self, Effect};
+use super::guard;
 use crate::backend::BackendConn;
 use crate::backend::pipeline::{Expect, Pipeline};
 pub use crate::backend::statement::Statement;
+use crate::protocol::ClientError;
 use crate::protocol::message::{self, BodyError};
 
 /// Client statement name → statement.
@@ -46,6 +48,8 @@ pub struct Relay<'a> {
     pub to_backend: &'a mut BytesMut,
     /// Bytes for the client (synthesized answers).
     pub to_client: &'a mut BytesMut,
+    /// The tenant whose namespace [`guard`] keeps the client in.
+    pub tenant: &'a str,
 }
 
 impl Relay<'_> {
@@ -84,6 +88,12 @@ impl Relay<'_> {
         }
     }
 
+    /// Records a response owed for something already written to the backend.
+    fn expect(&mut self, expect: Expect) -> Flow {
+        self.pipeline.push(expect, self.to_client);
+        Flow::Continue
+    }
+
     fn forward(&mut self, frame: &[u8], expect: Option<Expect>) -> Flow {
         self.to_backend.extend_from_slice(frame);
         if let Some(expect) = expect {
@@ -99,7 +109,21 @@ impl Relay<'_> {
         *self.unnamed = None;
         self.conn.unnamed = None;
 
-        let effect = classify::classify_query(&classify::sql_text(text));
+        let sql = classify::sql_text(text);
+        let checked = classify::classify_checked(&sql, |text, words| {
+            guard::check_statement(text, words, self.tenant)
+        });
+        let effect = match checked {
+            Ok(effect) => effect,
+            Err(error) => {
+                note_refusal(&error);
+                message::put_query(self.to_backend, REFUSED_SQL);
+                return Ok(self.expect(Expect::Refused {
+                    error,
+                    simple: true,
+                }));
+            }
+        };
 
         match effect {
             Effect::Pin(reason) => {
@@ -112,7 +136,38 @@ impl Relay<'_> {
 
     fn parse(&mut self, frame: &[u8]) -> Result<Flow, BodyError> {
         let parse = message::parse(frame)?;
-        let effect = classify::classify_parse(&classify::sql_text(parse.query));
+        let sql = classify::sql_text(parse.query);
+        let checked = classify::classify_checked(&sql, |text, words| {
+            guard::check_statement(text, words, self.tenant)
+        });
+        let effect = match checked {
+            Ok(effect) => effect,
+            Err(error) => return Ok(self.refuse_parse(parse.name, error)),
+        };
+        Ok(self.parse_statement(frame, parse, effect))
+    }
+
+    /// Parses a statement that fails in place of a refused one: as after a failed `Parse`,
+    /// no statement of that name exists and the backend skips to the client's `Sync`. The
+    /// failing statement takes the unnamed slot, so the backend's unnamed one is gone.
+    fn refuse_parse(&mut self, name: &[u8], error: ClientError) -> Flow {
+        note_refusal(&error);
+        if name.is_empty() {
+            *self.unnamed = None;
+        } else {
+            self.statements.remove(name);
+        }
+        self.conn.unnamed = None;
+
+        message::put_parse(self.to_backend, b"", REFUSED_SQL.as_bytes(), &[0, 0]);
+        self.expect(Expect::Refused {
+            error,
+            simple: false,
+        })
+    }
+
+    /// Records a client's `Parse` and sends it on.
+    fn parse_statement(&mut self, frame: &[u8], parse: message::Parse<'_>, effect: Effect) -> Flow {
         let (flow, effect) = match effect {
             Effect::Pin(reason) => (Flow::Pin(reason), Effect::None),
             Effect::None => (Flow::Continue, Effect::None),
@@ -134,7 +189,7 @@ impl Relay<'_> {
                 hidden: false,
             };
             self.forward(frame, Some(expect));
-            return Ok(flow);
+            return flow;
         }
 
         let statement = Arc::new(Statement::new(parse.query, parse.param_types));
@@ -147,7 +202,7 @@ impl Relay<'_> {
         } else {
             self.send_parse(&statement, false);
         }
-        Ok(flow)
+        flow
     }
 
     /// Sends a `Parse` under the proxy name and records it as prepared on this backend.
@@ -298,4 +353,15 @@ impl Relay<'_> {
         }
         Ok(self.forward(frame, Some(Expect::Close)))
     }
+}
+
+/// Sent in place of a statement the guard refused: it fails to parse, so the backend treats
+/// it as PostgreSQL treats any failed statement (a transaction block is aborted, the rest of
+/// an extended batch is skipped), and its error is replaced by the refusal.
+const REFUSED_SQL: &str = "pgtenant refused this statement";
+
+/// Logs and counts a refusal.
+fn note_refusal(error: &ClientError) {
+    tracing::info!(error = %error.message, "statement refused");
+    crate::metrics::error(error.kind);
 }

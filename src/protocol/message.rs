@@ -141,6 +141,15 @@ pub fn parameter_status(frame: &[u8]) -> Result<(String, String), BodyError> {
     Ok((name, value))
 }
 
+/// The channel of a `NotificationResponse` (`A`).
+pub fn notification_channel(frame: &[u8]) -> Result<&[u8], BodyError> {
+    let mut body = Body::of(frame);
+    for _ in 0..4 {
+        body.byte()?;
+    }
+    body.cstr()
+}
+
 /// The fields of an `ErrorResponse` or `NoticeResponse` that the proxy looks at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorFields {

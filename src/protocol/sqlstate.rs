@@ -13,6 +13,9 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const INVALID_PASSWORD: &str = "28P01";
 /// `28000` invalid_authorization_specification: TLS required but not used.
 pub const INVALID_AUTHORIZATION: &str = "28000";
+/// `42501` insufficient_privilege: a statement outside the tenant's namespace (a foreign
+/// notification channel, a change of `pgtenant.tenant`).
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// `53300` too_many_connections: no backend within the queue timeout.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// `53400` configuration_limit_exceeded: a tenant is over its transaction rate.

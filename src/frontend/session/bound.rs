@@ -11,6 +11,7 @@ use super::{Fault, Session, SessionError, Unbind};
 use crate::backend::conn::BackendIoError;
 use crate::backend::pipeline::{Event, Pipeline};
 use crate::config::PoolMode;
+use crate::frontend::guard;
 use crate::frontend::relay::{Flow, Relay};
 use crate::metrics as m;
 use crate::pool::Lease;
@@ -131,6 +132,7 @@ impl Session {
                 unnamed: &mut self.state.unnamed,
                 to_backend,
                 to_client: &mut self.wbuf,
+                tenant: &self.pool.tenant.name,
             };
             let flow = relay
                 .frame(&self.rbuf[..h.total])
@@ -170,7 +172,7 @@ impl Session {
                 .map_err(|e| BackendIoError::Protocol(e.to_string()))?;
 
             self.observe_backend(frame, h.tag, &mut lease.conn.reported)?;
-            if forward {
+            if forward && self.may_deliver(frame, h.tag) {
                 self.wbuf.extend_from_slice(frame);
             }
             lease.conn.rbuf.advance(h.total);
@@ -184,6 +186,16 @@ impl Session {
             lease.conn.status = status;
         }
         Ok(())
+    }
+
+    /// Notifications on channels outside the tenant's namespace are dropped, however the
+    /// backend came to listen to them.
+    fn may_deliver(&self, frame: &[u8], tag: u8) -> bool {
+        if tag != b'A' {
+            return true;
+        }
+        message::notification_channel(frame)
+            .is_ok_and(|channel| guard::may_receive(channel, &self.pool.tenant.name))
     }
 
     /// Tracks reported parameters and notices a backend that is going away.
@@ -221,6 +233,7 @@ impl Session {
                 lease.conn.prepared.remove(&name);
             }
             Event::UnnamedParseFailed => lease.conn.unnamed = None,
+            Event::Refused(error) => error.encode(&mut self.wbuf),
             Event::Completed { effect, status } => {
                 if status != b'I' && effect.is_transactional() {
                     // A ROLLBACK could still undo it; only this backend knows the outcome.
