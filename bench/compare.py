@@ -15,162 +15,51 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import platform
 import pwd
-import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import tomllib
 from pathlib import Path
-from urllib.parse import quote
 
-REPO = Path(__file__).resolve().parent.parent
-BINARY = REPO / "target" / "release" / "pgtenant"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import (  # noqa: E402  (bench/benchlib.py: what the bench scripts share)
+    LOOPBACK,
+    REPO,
+    Children,
+    Session,
+    fmt_num,
+    free_port,
+    git_commit,
+    host_cpu_ticks,
+    load_average,
+    log,
+    log_findings,
+    prepare,
+    proc_cpu_seconds,
+    redact,
+    run_checked,
+    run_session,
+    server_version,
+    start_dev,
+    tool_version,
+    url,
+)
+
 TENANT = "bench"
-LOOPBACK = "127.0.0.1"
 
 # The target this benchmark tracks; reported per row, never a reason to fail.
 TARGET_TPS_RATIO = 1.3  # pgtenant TPS / PgBouncer TPS, at least
 TARGET_CPU_RATIO = 0.7  # pgtenant CPU per transaction / PgBouncer's, at most
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")  # same value as `getconf CLK_TCK`
-
-
-class Stop(Exception):
-    """Raised by the signal handlers so that `finally` blocks clean up."""
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads, not its children), in seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        text = f.read()
-    # The command name is in parentheses and may contain spaces; fields follow the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    # After the name, field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def host_cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs from /proc/stat."""
-    with open("/proc/stat", encoding="ascii") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    total = sum(values[:8])  # guest time is already counted in user/nice
-    return total - idle, total
-
-
-def tool_version(command: list[str]) -> str:
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=10)
-        return (out.stdout or out.stderr).strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "unknown"
-
-
-def find_program(name: str, extra_dirs: list[str]) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in extra_dirs:
-        candidate = Path(directory) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def url(user: str, password: str, port: int, database: str, sslmode: str) -> str:
-    return (
-        f"postgres://{quote(user, safe='')}:{quote(password, safe='')}@{LOOPBACK}:{port}/"
-        f"{quote(database, safe='')}?sslmode={sslmode}&gssencmode=disable"
-    )
-
-
-def fmt_num(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}"
-
 
 def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
-
-
-# --------------------------------------------------------------------------------------------
-# Child processes
-
-
-class Children:
-    """Every long-running process this script starts, so that cleanup can stop them all."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen, int]] = []
-
-    def start(self, name: str, argv: list[str], stop_signal: int, **kwargs) -> subprocess.Popen:
-        # A session of its own: Ctrl-C reaches only this script, which then stops the children
-        # in order (pgbench, PgBouncer, then pgtenant dev, which stops PostgreSQL).
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self.procs.append((name, proc, stop_signal))
-        return proc
-
-    def stop(self, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-        for i, (name, p, sig) in enumerate(self.procs):
-            if p is proc:
-                self._stop_one(name, p, sig, timeout)
-                del self.procs[i]
-                return
-
-    def stop_all(self) -> None:
-        while self.procs:
-            name, proc, sig = self.procs.pop()
-            self._stop_one(name, proc, sig, 30.0)
-
-    @staticmethod
-    def _stop_one(name: str, proc: subprocess.Popen, sig: int, timeout: float) -> None:
-        if proc.poll() is not None:
-            return
-        log(f"stopping {name} (pid {proc.pid})")
-        try:
-            proc.send_signal(sig)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log(f"{name} did not stop within {timeout:.0f} s; killing it")
-            proc.kill()
-            proc.wait()
-        except ProcessLookupError:
-            pass
-
-
-def run_checked(argv: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
-    out = subprocess.run(argv, capture_output=True, text=True, **kwargs)
-    if out.returncode != 0:
-        raise RuntimeError(
-            f"{what} failed (exit {out.returncode})\ncommand: {' '.join(argv)}\n"
-            f"stdout:\n{out.stdout}\nstderr:\n{out.stderr}"
-        )
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,85 +68,37 @@ def run_checked(argv: list[str], what: str, **kwargs) -> subprocess.CompletedPro
 
 @dataclasses.dataclass
 class Dev:
+    """`pgtenant dev` with its one tenant, as this benchmark reaches it three ways."""
+
     proc: subprocess.Popen
     config_path: Path
     superuser_url: str
-    tenant_url: str  # as printed: sslmode=require
-    app_user: str
+    app_user: str  # the tenant's client login through the proxy
     app_password: str
-    role_password: str
+    role_password: str  # the tenant role's own, for direct connections and PgBouncer
     pg_port: int
     proxy_port: int
     tls_cert: Path
     tls_key: Path
 
 
-def start_dev(children: Children, args, workdir: Path) -> Dev:
-    proxy_port = args.pgtenant_port or free_port()
-    argv = [
-        str(BINARY), "dev",
-        "--listen", f"{LOOPBACK}:{proxy_port}",
-        "--tenants", TENANT,
+def start_bench_dev(children: Children, args, workdir: Path) -> Dev:
+    """`pgtenant dev` with tenant `bench`, plus what its config file and catalog add."""
+    banner = start_dev(children, workdir, [TENANT], port=args.pgtenant_port, extra_args=[
         "--pool-size", str(args.pool_size),
         "--worker-threads", str(args.worker_threads),
-    ]
-    log(f"starting: {' '.join(argv)}")
-    stderr_log = open(workdir / "pgtenant-dev.log", "w", encoding="utf-8")
-    # pgtenant logs at `info` (PGTENANT_LOG to change): a line per session, none per query.
-    proc = children.start(
-        "pgtenant dev", argv, signal.SIGINT,
-        stdout=subprocess.PIPE, stderr=stderr_log, text=True,
-    )
-
-    # Read the banner on a thread (and keep draining stdout so the proxy never blocks on it).
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-
-    found: dict[str, str] = {}
-    deadline = time.monotonic() + 90
-    while not {"config", "superuser", "tenant"} <= found.keys():
-        remaining = deadline - time.monotonic()
-        try:
-            line = lines.get(timeout=max(remaining, 0.1))
-        except queue.Empty:
-            line = None
-        if line is None:
-            tail = (workdir / "pgtenant-dev.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(
-                f"`pgtenant dev` exited or printed no banner within 90 s (exit code "
-                f"{proc.poll()}); its log ends with:\n{tail}"
-            )
-        line = line.strip()
-        if line.startswith("config file:"):
-            found["config"] = line.split(":", 1)[1].strip()
-        elif line.startswith("postgres:"):
-            found["superuser"] = line.split()[1]
-        elif line.startswith("DATABASE_URL="):
-            found["tenant"] = line.split("=", 1)[1]
-
-    config_path = Path(found["config"])
-    config = tomllib.loads(config_path.read_text())
-    role_password = catalog_role_password(args, found["superuser"], TENANT)
-    match = re.match(r"postgres://([^:]+):([^@]+)@", found["tenant"])
-    if not match:
-        raise RuntimeError(f"cannot parse the tenant URL printed by pgtenant dev: {found['tenant']}")
+    ])
+    config = tomllib.loads(banner.config_path.read_text())
+    login = banner.tenants[TENANT]
     return Dev(
-        proc=proc,
-        config_path=config_path,
-        superuser_url=found["superuser"],
-        tenant_url=found["tenant"],
-        app_user=match.group(1),
-        app_password=match.group(2),
-        role_password=role_password,
+        proc=banner.proc,
+        config_path=banner.config_path,
+        superuser_url=banner.superuser_url,
+        app_user=login.user,
+        app_password=login.password,
+        role_password=catalog_role_password(args, banner.superuser_url, TENANT),
         pg_port=int(config["backend"]["port"]),
-        proxy_port=proxy_port,
+        proxy_port=banner.proxy_port,
         tls_cert=Path(config["proxy"]["tls_cert"]),
         tls_key=Path(config["proxy"]["tls_key"]),
     )
@@ -477,10 +318,6 @@ def run_pgbench(args, run: Run, conn_url: str, proxy_pid: int | None,
     return run
 
 
-def redact(conn_url: str) -> str:
-    return re.sub(r"://([^:]+):[^@]+@", r"://\1:***@", conn_url)
-
-
 # --------------------------------------------------------------------------------------------
 # Reporting
 
@@ -583,34 +420,7 @@ def errors_section(runs: list[Run]) -> str:
     return "\n".join(out) + "\n"
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def log_findings(workdir: Path) -> str:
-    """Warnings and errors the proxies logged during the whole run, for the report."""
-    sources = [
-        ("pgtenant dev (stderr)", workdir / "pgtenant-dev.log",
-         re.compile(r"\b(WARN|ERROR)\b|with error|login failed|timed out|no backend")),
-        ("PgBouncer", workdir / "pgbouncer" / "pgbouncer.log",
-         re.compile(r"\b(WARNING|ERROR|FATAL)\b")),
-    ]
-    out = []
-    for name, path, pattern in sources:
-        if not path.exists():
-            continue
-        lines = [ANSI.sub("", line.rstrip()) for line in
-                 path.read_text(encoding="utf-8", errors="replace").splitlines()]
-        hits = [line for line in lines if pattern.search(line)]
-        out.append(f"- {name}: {len(hits)} warning/error lines"
-                   + (" (first 10 below)" if len(hits) > 10 else ""))
-        if hits:
-            out.append("\n  ```\n" + "".join(f"  {h}\n" for h in hits[:10]) + "  ```")
-    return "\n".join(out) + "\n" if out else ""
-
-
 def environment(args, dev: Dev | None, pgb_version: tuple[int, ...] | None) -> str:
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
     cpu = "unknown"
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
@@ -619,22 +429,16 @@ def environment(args, dev: Dev | None, pgb_version: tuple[int, ...] | None) -> s
                 break
     except OSError:
         pass
-    pg_version = "unknown"
-    if dev is not None:
-        pg_version = subprocess.run(
-            [args.psql, "-X", "-Atc", "SHOW server_version", dev.superuser_url],
-            capture_output=True, text=True,
-        ).stdout.strip() or "unknown"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
-        f"- pgtenant commit: `{commit}`\n"
+        f"- pgtenant commit: `{git_commit()}`\n"
         f"- host: {platform.node()}, {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}\n"
-        f"- PostgreSQL {pg_version}; {tool_version([args.pgbench, '--version'])}; "
+        f"- PostgreSQL {server_version(args.psql, dev)}; "
+        f"{tool_version([args.pgbench, '--version'])}; "
         f"PgBouncer {'.'.join(map(str, pgb_version)) if pgb_version else 'not started'}\n"
         f"- workload: `pgbench -S -n`, scale {args.scale}, {args.duration} s per run, "
         f"`-j {args.jobs}` (at most one thread per client), pool size {args.pool_size} "
         f"for pgtenant and PgBouncer (both transaction pooling); direct = one backend per client\n"
-        f"- load average at start: {args.load_at_start}; at report time: {load}\n"
+        f"- load average at start: {args.load_at_start}; at report time: {load_average()}\n"
         f"- pgbench, the proxy and PostgreSQL share the same {os.cpu_count()} CPUs\n"
     )
 
@@ -702,159 +506,103 @@ def parse_args(argv: list[str]):
     return args
 
 
-def find_tools(args) -> None:
-    pg_dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    extra = [str(d) for d in pg_dirs] + ["/usr/sbin"]
+@dataclasses.dataclass
+class Outcome:
+    """What a run has found so far; the report uses it also when the run stops early."""
 
-    def lookup() -> bool:
-        args.pgbench = find_program("pgbench", extra)
-        args.psql = find_program("psql", extra)
-        args.pgbouncer = find_program("pgbouncer", extra)
-        return all([args.pgbench, args.psql, args.pgbouncer])
-
-    if not lookup():
-        if args.no_setup:
-            raise RuntimeError("pgbench, psql or pgbouncer missing; run ./scripts/setup.sh")
-        log("pgbench, psql or pgbouncer missing: running scripts/setup.sh")
-        subprocess.run([str(REPO / "scripts" / "setup.sh")], check=True)
-        if not lookup():
-            raise RuntimeError("pgbench, psql or pgbouncer still missing after scripts/setup.sh")
+    runs: list[Run] = dataclasses.field(default_factory=list)
+    dev: Dev | None = None
+    pgb_version: tuple[int, ...] | None = None
 
 
-def install_signal_handlers() -> None:
-    def handler(signum, _frame):
-        raise Stop(f"signal {signal.Signals(signum).name}")
+def measure(args, session: Session, outcome: Outcome) -> None:
+    """Sets up the three targets and runs the pgbench plan against them, interleaved."""
+    children, workdir = session.children, session.workdir
+    os.chmod(workdir, 0o755)  # PgBouncer, running as postgres, reads its files below it
+    prepare(args, session.notes, ["pgbench", "psql", "pgbouncer"], allow_setup=not args.no_setup)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
+    dev = outcome.dev = start_bench_dev(children, args, workdir)
+    log(f"pgtenant dev is up: pid {dev.proc.pid}, proxy port {dev.proxy_port}, "
+        f"PostgreSQL port {dev.pg_port}, config {dev.config_path}")
+    prepare_database(dev, args)
+
+    max_clients = max(args.client_counts + [args.tls_clients])
+    pgb_proc, pgb_port, pgb_version, pgb_prepared = start_pgbouncer(
+        children, args, dev, workdir, max_clients)
+    outcome.pgb_version = pgb_version
+    if not pgb_prepared and "prepared" in args.mode_list:
+        session.notes.append(
+            f"PgBouncer {'.'.join(map(str, pgb_version))} predates 1.21, which added "
+            "`max_prepared_statements`; it cannot serve `-M prepared` in transaction "
+            "pooling mode, so those PgBouncer runs are skipped (shown as —)."
+        )
+
+    targets = {
+        "direct": (lambda ssl: url(TENANT, dev.role_password, dev.pg_port, "postgres", ssl),
+                   None),
+        "pgtenant": (lambda ssl: url(dev.app_user, dev.app_password, dev.proxy_port,
+                                     TENANT, ssl), dev.proc.pid),
+        "pgbouncer": (lambda ssl: url(dev.app_user, dev.app_password, pgb_port,
+                                      TENANT, ssl), pgb_proc.pid),
+    }
+    for name, (make_url, _) in targets.items():
+        log(f"sanity check {name}: {sanity_check(args, name, make_url('disable'))}")
+
+    def skip(target: str, mode: str) -> bool:
+        return target == "pgbouncer" and mode == "prepared" and not pgb_prepared
+
+    plan: list[tuple[str, str, int, str]] = []
+    for mode in args.mode_list:
+        for clients in args.client_counts:
+            for target in targets:
+                if not skip(target, mode):
+                    plan.append((target, mode, clients, "disable"))
+    if args.tls_clients > 0:
+        for mode in args.mode_list:
+            for target in ("pgtenant", "pgbouncer"):
+                if not skip(target, mode):
+                    plan.append((target, mode, args.tls_clients, "require"))
+
+    total_s = len(plan) * (args.duration + 1) + args.warmup
+    log(f"{len(plan)} pgbench runs of {args.duration} s: about {total_s / 60:.1f} minutes")
+
+    if args.warmup > 0:
+        log(f"warm-up: {args.warmup} s direct, unrecorded")
+        warm = argparse.Namespace(**vars(args))
+        warm.duration = args.warmup
+        run_pgbench(warm, Run("direct", "simple", 8, "disable"),
+                    targets["direct"][0]("disable"), None, children)
+
+    for i, (target, mode, clients, sslmode) in enumerate(plan, 1):
+        make_url, pid = targets[target]
+        run = run_pgbench(args, Run(target, mode, clients, sslmode), make_url(sslmode),
+                          pid, children)
+        outcome.runs.append(run)
+        status = "ok" if run.ok else f"FAILED (exit {run.exit_code}, failed {run.failed})"
+        cpu = f", proxy CPU {run.cpu_us_per_txn:.1f} µs/txn" if run.cpu_us_per_txn else ""
+        log(f"[{i}/{len(plan)}] {target:9} {mode:8} c={clients:<3} ssl={sslmode:7} "
+            f"tps={fmt_num(run.tps, 0)}{cpu} {status}")
+        if not run.ok:
+            log(f"  command: {run.command}\n  output:\n{run.error}")
+        for name, proc in (("pgtenant dev", dev.proc), ("PgBouncer", pgb_proc)):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited ({proc.returncode}) during the runs")
+
+
+def final_report(args, session: Session, outcome: Outcome) -> str | None:
+    """The report, or None when the run stopped before its first pgbench run."""
+    if session.interrupted and not outcome.runs:
+        return None
+    return report(args, outcome.runs, outcome.dev, outcome.pgb_version, session.notes,
+                  session.interrupted, session.workdir)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    args.started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    install_signal_handlers()
-
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-"))
-    os.chmod(workdir, 0o755)  # PgBouncer, running as postgres, reads its files below it
-    runs: list[Run] = []
-    notes: list[str] = []
-    dev: Dev | None = None
-    pgb_version = None
-    interrupted = False
-    exit_code = 0
-    try:
-        find_tools(args)
-        if os.getloadavg()[0] > 0.5:
-            notes.append(f"the 1-minute load average was {os.getloadavg()[0]:.2f} at start: "
-                         "something else was using the CPUs")
-            log(f"warning: load average {os.getloadavg()[0]:.2f}; numbers will be noisy")
-        if not args.no_build:
-            log("building pgtenant (cargo build --release)")
-            subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
-        if not BINARY.exists():
-            raise RuntimeError(f"{BINARY} not found; build it or drop --no-build")
-
-        dev = start_dev(children, args, workdir)
-        log(f"pgtenant dev is up: pid {dev.proc.pid}, proxy port {dev.proxy_port}, "
-            f"PostgreSQL port {dev.pg_port}, config {dev.config_path}")
-        prepare_database(dev, args)
-
-        max_clients = max(args.client_counts + [args.tls_clients])
-        pgb_proc, pgb_port, pgb_version, pgb_prepared = start_pgbouncer(
-            children, args, dev, workdir, max_clients)
-        if not pgb_prepared and "prepared" in args.mode_list:
-            notes.append(
-                f"PgBouncer {'.'.join(map(str, pgb_version))} predates 1.21, which added "
-                "`max_prepared_statements`; it cannot serve `-M prepared` in transaction "
-                "pooling mode, so those PgBouncer runs are skipped (shown as —)."
-            )
-
-        targets = {
-            "direct": (lambda ssl: url(TENANT, dev.role_password, dev.pg_port, "postgres", ssl),
-                       None),
-            "pgtenant": (lambda ssl: url(dev.app_user, dev.app_password, dev.proxy_port,
-                                         TENANT, ssl), dev.proc.pid),
-            "pgbouncer": (lambda ssl: url(dev.app_user, dev.app_password, pgb_port,
-                                          TENANT, ssl), pgb_proc.pid),
-        }
-        for name, (make_url, _) in targets.items():
-            log(f"sanity check {name}: {sanity_check(args, name, make_url('disable'))}")
-
-        def skip(target: str, mode: str) -> bool:
-            return target == "pgbouncer" and mode == "prepared" and not pgb_prepared
-
-        plan: list[tuple[str, str, int, str]] = []
-        for mode in args.mode_list:
-            for clients in args.client_counts:
-                for target in targets:
-                    if not skip(target, mode):
-                        plan.append((target, mode, clients, "disable"))
-        if args.tls_clients > 0:
-            for mode in args.mode_list:
-                for target in ("pgtenant", "pgbouncer"):
-                    if not skip(target, mode):
-                        plan.append((target, mode, args.tls_clients, "require"))
-
-        total_s = len(plan) * (args.duration + 1) + args.warmup
-        log(f"{len(plan)} pgbench runs of {args.duration} s: about {total_s / 60:.1f} minutes")
-
-        if args.warmup > 0:
-            log(f"warm-up: {args.warmup} s direct, unrecorded")
-            warm = argparse.Namespace(**vars(args))
-            warm.duration = args.warmup
-            run_pgbench(warm, Run("direct", "simple", 8, "disable"),
-                        targets["direct"][0]("disable"), None, children)
-
-        for i, (target, mode, clients, sslmode) in enumerate(plan, 1):
-            make_url, pid = targets[target]
-            run = run_pgbench(args, Run(target, mode, clients, sslmode), make_url(sslmode),
-                              pid, children)
-            runs.append(run)
-            status = "ok" if run.ok else f"FAILED (exit {run.exit_code}, failed {run.failed})"
-            cpu = f", proxy CPU {run.cpu_us_per_txn:.1f} µs/txn" if run.cpu_us_per_txn else ""
-            log(f"[{i}/{len(plan)}] {target:9} {mode:8} c={clients:<3} ssl={sslmode:7} "
-                f"tps={fmt_num(run.tps, 0)}{cpu} {status}")
-            if not run.ok:
-                log(f"  command: {run.command}\n  output:\n{run.error}")
-            for name, proc in (("pgtenant dev", dev.proc), ("PgBouncer", pgb_proc)):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({proc.returncode}) during the runs")
-    except Stop as stop:
-        interrupted = True
-        exit_code = 130
-        log(f"interrupted by {stop}; cleaning up")
-    except KeyboardInterrupt:
-        interrupted = True
-        exit_code = 130
-        log("interrupted; cleaning up")
-    except Exception as error:  # noqa: BLE001 - report, then clean up
-        interrupted = True
-        exit_code = 1
-        log(f"error: {error}")
-        notes.append(f"the run stopped early: {str(error).splitlines()[0]}")
-    finally:
-        # Ignore further Ctrl-C while stopping what we started.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            if runs or not interrupted:
-                text = report(args, runs, dev, pgb_version, notes, interrupted, workdir)
-                results = Path(args.results_dir)
-                results.mkdir(parents=True, exist_ok=True)
-                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-                path = results / f"{stamp}.md"
-                path.write_text(text, encoding="utf-8")
-                print(text, flush=True)
-                log(f"results written to {path}")
-        finally:
-            children.stop_all()
-            if exit_code == 1 and (workdir / "pgtenant-dev.log").exists():
-                log(f"logs kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
-    return exit_code
+    outcome = Outcome()
+    return run_session(args, "pgtenant-bench-", "",
+                       measure=lambda session: measure(args, session, outcome),
+                       report=lambda session: final_report(args, session, outcome))
 
 
 if __name__ == "__main__":

@@ -11,47 +11,48 @@ pg_stat_activity every 0.5 s. The report is printed and written to
 bench/results/noisy-<timestamp>.md. Everything started is stopped again on exit, Ctrl-C
 included.
 
-Python 3.11+, standard library only. Shares its helpers with compare.py. See bench/README.md.
+Python 3.11+, standard library only. Shares its helpers with compare.py and provision.py
+(bench/benchlib.py). See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import math
 import os
 import platform
-import queue
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compare  # noqa: E402  (bench/compare.py: process, URL and formatting helpers)
-from compare import (  # noqa: E402
-    BINARY,
+from benchlib import (  # noqa: E402  (bench/benchlib.py: what the bench scripts share)
     CLK_TCK,
-    LOOPBACK,
     REPO,
     Children,
-    Stop,
-    find_program,
+    DevBanner,
+    Session,
     fmt_num,
-    free_port,
+    git_commit,
     host_cpu_ticks,
+    load_average,
+    log,
+    log_findings,
+    prepare,
     proc_cpu_seconds,
     redact,
     run_checked,
+    run_session,
+    server_version,
+    set_log_name,
+    start_dev,
     tool_version,
-    url,
 )
 
 NOISY = "noisy"
@@ -77,81 +78,13 @@ ERROR_CLASSES = [
 ]
 
 
-def log(message: str) -> None:
-    print(f"[noisy] {message}", file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------------------------
-# Starting pgtenant dev with two tenants
+# Loading the tenants' tables
 
 
-@dataclasses.dataclass
-class Dev:
-    proc: subprocess.Popen
-    config_path: Path
-    superuser_url: str
-    proxy_port: int
-    users: dict[str, tuple[str, str]]  # tenant -> (client user, password)
-
-    def tenant_url(self, tenant: str, sslmode: str) -> str:
-        user, password = self.users[tenant]
-        return url(user, password, self.proxy_port, tenant, sslmode)
-
-
-def start_dev(children: Children, args, workdir: Path) -> Dev:
-    proxy_port = args.port or free_port()
-    argv = [
-        str(BINARY), "dev",
-        "--listen", f"{LOOPBACK}:{proxy_port}",
-        "--tenants", f"{NOISY},{QUIET}",
-        "--pool-size", str(args.pool_size),
-        "--worker-threads", str(args.worker_threads),
-    ]
-    log(f"starting: {' '.join(argv)}")
-    # The file name matters: compare.log_findings() reads it for the report.
-    stderr_log = open(workdir / "pgtenant-dev.log", "w", encoding="utf-8")
-    proc = children.start("pgtenant dev", argv, signal.SIGINT,
-                          stdout=subprocess.PIPE, stderr=stderr_log, text=True)
-
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:  # keep reading so the proxy never blocks on a full pipe
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-
-    config = superuser = None
-    users: dict[str, tuple[str, str]] = {}
-    deadline = time.monotonic() + 90
-    while config is None or superuser is None or set(users) != {NOISY, QUIET}:
-        try:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
-        except queue.Empty:
-            line = None
-        if line is None:
-            tail = (workdir / "pgtenant-dev.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(
-                f"`pgtenant dev` exited or printed no banner within 90 s (exit code "
-                f"{proc.poll()}); its log ends with:\n{tail}")
-        line = line.strip()
-        if line.startswith("config file:"):
-            config = Path(line.split(":", 1)[1].strip())
-        elif line.startswith("postgres:"):
-            superuser = line.split()[1]
-        elif line.startswith("DATABASE_URL="):
-            m = re.match(r"DATABASE_URL=postgres://([^:]+):([^@]+)@[^/]+/([^?]+)", line)
-            if not m:
-                raise RuntimeError(f"cannot parse the tenant URL printed by pgtenant dev: {line}")
-            users[m.group(3)] = (m.group(1), m.group(2))
-    return Dev(proc, config, superuser, proxy_port, users)
-
-
-def prepare_tables(dev: Dev, args) -> None:
+def prepare_tables(dev: DevBanner, args) -> None:
     for tenant in (NOISY, QUIET):
-        log(f"pgbench -i -s {args.scale} through pgtenant as `{dev.users[tenant][0]}` "
+        log(f"pgbench -i -s {args.scale} through pgtenant as `{dev.tenants[tenant].user}` "
             f"of tenant {tenant}")
         started = time.monotonic()
         run_checked([args.pgbench, "-i", "-q", "-s", str(args.scale),
@@ -223,7 +156,7 @@ class BackendSampler:
     'quiet') GROUP BY usename`, but always returns one row, zeros included.
     """
 
-    def __init__(self, children: Children, args, dev: Dev, workdir: Path, name: str):
+    def __init__(self, children: Children, args, dev: DevBanner, workdir: Path, name: str):
         query = (
             "SELECT extract(epoch FROM clock_timestamp()), "
             f"count(*) FILTER (WHERE usename = '{QUIET}'), "
@@ -424,7 +357,7 @@ def noisy_argv(args, phase: str, conn_url: str, workdir: Path) -> tuple[list[str
     return argv + [conn_url], desc
 
 
-def run_phase(children: Children, args, dev: Dev, workdir: Path, name: str) -> Phase:
+def run_phase(children: Children, args, dev: DevBanner, workdir: Path, name: str) -> Phase:
     phase = Phase(name, "idle")
     quiet_url = dev.tenant_url(QUIET, args.sslmode)
     noisy_url = dev.tenant_url(NOISY, args.sslmode)
@@ -469,7 +402,7 @@ def run_phase(children: Children, args, dev: Dev, workdir: Path, name: str) -> P
     return phase
 
 
-def warm_up(children: Children, args, dev: Dev, workdir: Path) -> None:
+def warm_up(children: Children, args, dev: DevBanner, workdir: Path) -> None:
     """Open both pools' connections and warm the caches, unrecorded."""
     log(f"warm-up: {args.warmup} s of pgbench -S for both tenants, unrecorded")
     running = []
@@ -605,32 +538,24 @@ def problems_section(phases: list[Phase]) -> str:
     return "## pgbench errors\n\n" + "\n".join(out)
 
 
-def report(args, phases: list[Phase], dev: Dev | None, notes: list[str], interrupted: bool,
+def report(args, phases: list[Phase], dev: DevBanner | None, notes: list[str], interrupted: bool,
            workdir: Path) -> str:
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    pg_version = "unknown"
-    if dev is not None and dev.proc.poll() is None:
-        pg_version = subprocess.run([args.psql, "-X", "-Atc", "SHOW server_version",
-                                     dev.superuser_url], capture_output=True,
-                                    text=True).stdout.strip() or "unknown"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     parts = [
         "# pgtenant noisy neighbour" + (" (INTERRUPTED, partial)" if interrupted else "") + "\n",
         f"Run at {args.started_at}.\n",
-        f"- pgtenant commit: `{commit}`; `pgtenant dev --tenants {NOISY},{QUIET} --pool-size "
+        f"- pgtenant commit: `{git_commit()}`; `pgtenant dev --tenants {NOISY},{QUIET} --pool-size "
         f"{args.pool_size} --worker-threads {args.worker_threads}` (transaction pooling, a pool "
         f"of {args.pool_size} backends per tenant), `sslmode={args.sslmode}`\n"
         f"- host: {platform.node()}, {os.cpu_count()} CPUs shared by pgbench, the proxy and "
         f"PostgreSQL; kernel {platform.release()}\n"
-        f"- PostgreSQL {pg_version}; {tool_version([args.pgbench, '--version'])}; scale "
+        f"- PostgreSQL {server_version(args.psql, dev)}; {tool_version([args.pgbench, '--version'])}; scale "
         f"{args.scale} in each tenant's schema\n"
         f"- quiet tenant, every phase: `pgbench -n -S -M {args.mode} -c {args.quiet_clients} "
         f"-j 1 -R {args.quiet_rate} -T {args.duration} -l`\n"
         f"- noisy tenant: `pgbench -n -M {args.mode} -c {args.noisy_clients} -j "
         f"{min(args.noisy_jobs, args.noisy_clients)} -T {args.duration + 2 * args.lead}`, "
         f"started {args.lead} s before the quiet run and ending about {args.lead} s after it\n"
-        f"- load average at start: {args.load_at_start}; at report time: {load}\n",
+        f"- load average at start: {args.load_at_start}; at report time: {load_average()}\n",
         "Quiet latencies are exact nearest-rank percentiles over every transaction in "
         "pgbench's per-transaction log (column 3, µs). Because the quiet run is "
         "rate-limited (`-R`), that column counts from the transaction's *scheduled* start, so "
@@ -654,7 +579,7 @@ def report(args, phases: list[Phase], dev: Dev | None, notes: list[str], interru
               "## Quiet p99 against the goal\n", ratio_lines(phases),
               "## Details (latencies in ms)\n", detail_table(phases) if phases else "",
               problems_section(phases)]
-    findings = compare.log_findings(workdir)
+    findings = log_findings(workdir)
     if findings:
         parts += ["## Proxy log\n", findings]
     return "\n".join(parts)
@@ -711,96 +636,67 @@ def parse_args(argv: list[str]):
     return args
 
 
-def find_tools(args) -> None:
-    extra = [str(d) for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
-    args.pgbench = find_program("pgbench", extra)
-    args.psql = find_program("psql", extra)
-    if not (args.pgbench and args.psql):
-        raise RuntimeError("pgbench or psql missing; run ./scripts/setup.sh")
+@dataclasses.dataclass
+class Outcome:
+    """What a run has found so far; the report uses it also when the run stops early."""
+
+    phases: list[Phase] = dataclasses.field(default_factory=list)
+    dev: DevBanner | None = None
+
+
+def measure(args, session: Session, outcome: Outcome) -> None:
+    """Starts `pgtenant dev` with both tenants, loads their tables and runs the phases."""
+    children, workdir = session.children, session.workdir
+    prepare(args, session.notes, ["pgbench", "psql"])
+
+    dev = outcome.dev = start_dev(children, workdir, [NOISY, QUIET], port=args.port, extra_args=[
+        "--pool-size", str(args.pool_size),
+        "--worker-threads", str(args.worker_threads),
+    ])
+    log(f"pgtenant dev is up: pid {dev.proc.pid}, proxy port {dev.proxy_port}, "
+        f"config {dev.config_path}")
+    prepare_tables(dev, args)
+    if args.warmup > 0:
+        warm_up(children, args, dev, workdir)
+
+    per_phase = args.duration + 2 * args.lead + 1
+    log(f"{len(args.phase_list)} phases of about {per_phase} s: "
+        f"{len(args.phase_list) * per_phase / 60:.1f} minutes")
+    for i, name in enumerate(args.phase_list, 1):
+        log(f"[{i}/{len(args.phase_list)}] phase {name}: {PHASE_TEXT[name]}")
+        phase = run_phase(children, args, dev, workdir, name)
+        outcome.phases.append(phase)
+        lat = phase.latency
+        noisy = ""
+        if phase.noisy is not None:
+            noisy = (f"; noisy tps={fmt_num(phase.noisy.tps, 0)} failed="
+                     f"{phase.noisy.failed_total} errors={phase.noisy.errors or 'none'}")
+        log(f"  quiet p50={ms(lat.total['p50'])} ms p99={ms(lat.total['p99'])} ms "
+            f"tps={fmt_num(phase.quiet.tps, 1)}{'' if phase.quiet_ok else ' (QUIET RUN FAILED)'}"
+            f"{noisy}; max backends quiet/noisy={phase.max_quiet}/{phase.max_noisy}; "
+            f"host CPU busy {fmt_num(phase.host_busy_pct, 0)} %, others "
+            f"{fmt_num(phase.others_pct, 0)} %")
+        if dev.proc.poll() is not None:
+            raise RuntimeError(f"pgtenant dev exited ({dev.proc.returncode}) during phase "
+                               f"{name}")
+        time.sleep(1)  # let the last noisy transactions drain before the next phase
+
+
+def final_report(args, session: Session, outcome: Outcome) -> str | None:
+    """The report, or None when the run stopped before its first phase ended."""
+    if session.interrupted and not outcome.phases:
+        return None
+    return report(args, outcome.phases, outcome.dev, session.notes, session.interrupted,
+                  session.workdir)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    args.started_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    compare.install_signal_handlers()
-
-    children = Children()
-    workdir = Path(tempfile.mkdtemp(prefix="pgtenant-noisy-"))
-    phases: list[Phase] = []
-    notes: list[str] = []
-    dev: Dev | None = None
-    interrupted = False
-    exit_code = 0
-    try:
-        find_tools(args)
-        if os.getloadavg()[0] > 0.5:
-            notes.append(f"the 1-minute load average was {os.getloadavg()[0]:.2f} at start: "
-                         "something else was using the CPUs")
-            log(f"warning: load average {os.getloadavg()[0]:.2f}; numbers will be noisy")
-        if not args.no_build:
-            log("building pgtenant (cargo build --release)")
-            subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
-        if not BINARY.exists():
-            raise RuntimeError(f"{BINARY} not found; build it or drop --no-build")
-
-        dev = start_dev(children, args, workdir)
-        log(f"pgtenant dev is up: pid {dev.proc.pid}, proxy port {dev.proxy_port}, "
-            f"config {dev.config_path}")
-        prepare_tables(dev, args)
-        if args.warmup > 0:
-            warm_up(children, args, dev, workdir)
-
-        per_phase = args.duration + 2 * args.lead + 1
-        log(f"{len(args.phase_list)} phases of about {per_phase} s: "
-            f"{len(args.phase_list) * per_phase / 60:.1f} minutes")
-        for i, name in enumerate(args.phase_list, 1):
-            log(f"[{i}/{len(args.phase_list)}] phase {name}: {PHASE_TEXT[name]}")
-            phase = run_phase(children, args, dev, workdir, name)
-            phases.append(phase)
-            lat = phase.latency
-            noisy = ""
-            if phase.noisy is not None:
-                noisy = (f"; noisy tps={fmt_num(phase.noisy.tps, 0)} failed="
-                         f"{phase.noisy.failed_total} errors={phase.noisy.errors or 'none'}")
-            log(f"  quiet p50={ms(lat.total['p50'])} ms p99={ms(lat.total['p99'])} ms "
-                f"tps={fmt_num(phase.quiet.tps, 1)}{'' if phase.quiet_ok else ' (QUIET RUN FAILED)'}"
-                f"{noisy}; max backends quiet/noisy={phase.max_quiet}/{phase.max_noisy}; "
-                f"host CPU busy {fmt_num(phase.host_busy_pct, 0)} %, others "
-                f"{fmt_num(phase.others_pct, 0)} %")
-            if dev.proc.poll() is not None:
-                raise RuntimeError(f"pgtenant dev exited ({dev.proc.returncode}) during phase "
-                                   f"{name}")
-            time.sleep(1)  # let the last noisy transactions drain before the next phase
-    except Stop as stop:
-        interrupted, exit_code = True, 130
-        log(f"interrupted by {stop}; cleaning up")
-    except KeyboardInterrupt:
-        interrupted, exit_code = True, 130
-        log("interrupted; cleaning up")
-    except Exception as error:  # noqa: BLE001 - report, then clean up
-        interrupted, exit_code = True, 1
-        log(f"error: {error}")
-        notes.append(f"the run stopped early: {str(error).splitlines()[0]}")
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            if phases or not interrupted:
-                text = report(args, phases, dev, notes, interrupted, workdir)
-                results = Path(args.results_dir)
-                results.mkdir(parents=True, exist_ok=True)
-                path = results / f"noisy-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.md"
-                path.write_text(text, encoding="utf-8")
-                print(text, flush=True)
-                log(f"results written to {path}")
-        finally:
-            children.stop_all()
-            if exit_code == 1:
-                log(f"logs kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
-    return exit_code
+    set_log_name("noisy")
+    outcome = Outcome()
+    return run_session(args, "pgtenant-noisy-", "noisy-",
+                       measure=lambda session: measure(args, session, outcome),
+                       report=lambda session: final_report(args, session, outcome))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ logs in through the proxy with the printed URL. The goal, p95 of the total under
 is reported as met or not met; it is never a reason to fail. The report is printed and written
 to bench/results/provision-<timestamp>.md.
 
-Python 3.11+, standard library only. Shares its helpers with compare.py. See bench/README.md.
+Python 3.11+, standard library only. Shares its helpers with compare.py and noisy_neighbour.py
+(bench/benchlib.py). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -19,26 +20,27 @@ import argparse
 import datetime as dt
 import os
 import platform
-import queue
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import (  # noqa: E402  (bench/compare.py: process and formatting helpers)
-    LOOPBACK,
+from benchlib import (  # noqa: E402  (bench/benchlib.py: what the bench scripts share)
+    BINARY,
     REPO,
     Children,
     Stop,
+    build_release,
     find_program,
-    free_port,
     install_signal_handlers,
+    load_average,
     log,
+    start_dev,
+    tool_dirs,
+    write_results,
 )
 
 # The goal this benchmark tracks; reported, never a reason to fail.
@@ -46,42 +48,6 @@ GOAL_P95_S = 1.0
 
 TIMINGS = re.compile(r"^timings \(ms\): (.*)$", re.MULTILINE)
 DATABASE_URL = re.compile(r"^\s*DATABASE_URL=(\S+)$", re.MULTILINE)
-
-
-def binary() -> Path:
-    target = os.environ.get("CARGO_TARGET_DIR")
-    base = Path(target) if target else REPO / "target"
-    return base / "release" / "pgtenant"
-
-
-def start_dev(children: Children, workdir: Path, port: int) -> tuple[Path, str]:
-    """Starts `pgtenant dev`; returns its configuration file and the proxy address."""
-    argv = [str(binary()), "dev", "--listen", f"{LOOPBACK}:{port}", "--tenants", "warmup"]
-    log(f"starting: {' '.join(argv)}")
-    stderr_log = open(workdir / "pgtenant-dev.log", "w", encoding="utf-8")
-    proc = children.start("pgtenant dev", argv, signal.SIGINT,
-                          stdout=subprocess.PIPE, stderr=stderr_log, text=True)
-
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:  # keep reading so the proxy never blocks on a full pipe
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
-        except queue.Empty:
-            line = None
-        if line is None:
-            tail = (workdir / "pgtenant-dev.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"`pgtenant dev` printed no banner within 90 s; log:\n{tail}")
-        if line.startswith("config file:"):
-            return Path(line.split(":", 1)[1].strip()), f"{LOOPBACK}:{port}"
 
 
 def write_migrations(directory: Path, tables: int) -> None:
@@ -115,7 +81,7 @@ def bench_config(dev_config: Path, migrations: Path, target: Path) -> None:
 def create(config: Path, name: str) -> tuple[float, dict[str, float], str]:
     """Runs `tenant create`; returns wall seconds, printed step timings (ms) and the URL."""
     started = time.monotonic()
-    out = subprocess.run([str(binary()), "tenant", "create", name, "--config", str(config)],
+    out = subprocess.run([str(BINARY), "tenant", "create", name, "--config", str(config)],
                          capture_output=True, text=True,
                          env={**os.environ, "PGTENANT_LOG": "warn"})
     wall = time.monotonic() - started
@@ -163,7 +129,7 @@ def report(walls: list[float], runs: list[dict[str, float]], login: str, args) -
         "",
         f"{len(runs)} × `pgtenant tenant create bench_<i>` with {args.tables} migration files "
         f"(one table, two indexes each); host {platform.node()}, {os.cpu_count()} CPUs, "
-        f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.",
+        f"load {load_average()} at the end.",
         "",
         "| measure | p50 | p95 | max |",
         "| --- | ---: | ---: | ---: |",
@@ -200,13 +166,11 @@ def main(argv: list[str]) -> int:
     children = Children()
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-provision-"))
     try:
-        if not args.no_build:
-            log("building pgtenant (cargo build --release)")
-            subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
-        dev_config, _ = start_dev(children, workdir, args.port or free_port())
+        build_release(args)
+        dev = start_dev(children, workdir, ["warmup"], port=args.port)
         write_migrations(workdir / "migrations", args.tables)
         config = workdir / "pgtenant.toml"
-        bench_config(dev_config, workdir / "migrations", config)
+        bench_config(dev.config_path, workdir / "migrations", config)
 
         walls, runs, url = [], [], ""
         for i in range(args.count):
@@ -215,15 +179,8 @@ def main(argv: list[str]) -> int:
             runs.append(steps)
         log(f"created {args.count} tenants")
 
-        pg_dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-        login = check_login(find_program("psql", [str(d) for d in pg_dirs]), url, args.tables)
-        text = report(walls, runs, login, args)
-        print(text)
-        results = Path(args.results_dir)
-        results.mkdir(parents=True, exist_ok=True)
-        path = results / f"provision-{dt.datetime.now():%Y%m%d-%H%M%S}.md"
-        path.write_text(text)
-        log(f"report written to {path}")
+        login = check_login(find_program("psql", tool_dirs()), url, args.tables)
+        write_results(report(walls, runs, login, args), args.results_dir, "provision-")
         return 0
     except (Stop, RuntimeError, subprocess.CalledProcessError) as error:
         log(f"stopped: {error} (working directory kept: {workdir})")
