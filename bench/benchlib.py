@@ -16,6 +16,8 @@ What is here:
 - `start_dev()`: `pgtenant dev` in the background, its banner parsed into a `DevBanner`;
 - `find_tools()`, `build_release()`, `prepare()`: the preamble of a run;
 - `run_session()`: the skeleton of a run (signals, exit code, report, cleanup);
+- provisioning helpers: `write_migrations()`, `bench_config()`, `create()` (provision.py and
+  rollout.py create tenants the same way);
 - report helpers: `git_commit()`, `server_version()`, `load_average()`, `log_findings()`,
   `write_results()`.
 
@@ -414,6 +416,65 @@ def run_session(args, workdir_prefix: str, results_prefix: str,
             else:
                 shutil.rmtree(session.workdir, ignore_errors=True)
     return exit_code
+
+
+
+# --------------------------------------------------------------------------------------------
+# Provisioning
+
+TIMINGS = re.compile(r"^timings \(ms\): (.*)$", re.MULTILINE)
+DATABASE_URL = re.compile(r"^\s*DATABASE_URL=(\S+)$", re.MULTILINE)
+
+
+def write_migrations(directory: Path, tables: int) -> None:
+    """One file per table; each references the previous table and adds two indexes."""
+    directory.mkdir(parents=True)
+    for n in range(1, tables + 1):
+        parent = f",\n    parent_id bigint REFERENCES table_{n - 1:02d}" if n > 1 else ""
+        sql = (
+            f"CREATE TABLE table_{n:02d} (\n"
+            f"    id bigserial PRIMARY KEY,\n"
+            f"    name text NOT NULL,\n"
+            f"    status text NOT NULL DEFAULT 'new' CHECK (status IN ('new', 'done')),\n"
+            f"    amount_cents bigint NOT NULL DEFAULT 0,\n"
+            f"    created_at timestamptz NOT NULL DEFAULT now(){parent}\n"
+            f");\n"
+            f"CREATE INDEX table_{n:02d}_name ON table_{n:02d} (name);\n"
+            f"CREATE INDEX table_{n:02d}_created_at ON table_{n:02d} (created_at);\n"
+        )
+        (directory / f"{n:04d}_table_{n:02d}.sql").write_text(sql)
+
+
+def bench_config(dev_config: Path, migrations: Path, target: Path) -> None:
+    """dev's configuration with `[migrations] dir` pointing at the bench set."""
+    text = dev_config.read_text()
+    text, count = re.subn(r'(?m)^(\[migrations\]\ndir = ).*$', rf'\g<1>"{migrations}"', text)
+    if count != 1:
+        raise RuntimeError(f"no [migrations] dir in {dev_config}")
+    target.write_text(text)
+
+
+def create(config: Path, name: str) -> tuple[float, dict[str, float], str]:
+    """Runs `tenant create`; returns wall seconds, printed step timings (ms) and the URL."""
+    started = time.monotonic()
+    out = subprocess.run([str(BINARY), "tenant", "create", name, "--config", str(config)],
+                         capture_output=True, text=True,
+                         env={**os.environ, "PGTENANT_LOG": "warn"})
+    wall = time.monotonic() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"tenant create {name} failed: {out.stderr.strip()}")
+    timings = TIMINGS.search(out.stdout)
+    url = DATABASE_URL.search(out.stdout)
+    if not timings or not url:
+        raise RuntimeError(f"tenant create {name} printed no timings or URL:\n{out.stdout}")
+    steps = {k: float(v) for k, v in (p.split("=", 1) for p in timings.group(1).split())}
+    return wall, steps, url.group(1)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))  # nearest rank
+    return ordered[int(rank) - 1]
 
 
 # --------------------------------------------------------------------------------------------
