@@ -8,6 +8,7 @@
 //! pgtenant's own role from `[catalog]`, the only role that can read the catalog.
 
 pub mod audit;
+pub mod pauses;
 mod schema;
 pub mod watch;
 
