@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Proxy, bounded, catalog_file, connect_plain, fleet, wait_until};
+use common::{Proxy, bounded, catalog_file, connect_plain, fleet, sqlstate, wait_until};
 use pgtenant::config::Config;
 use pgtenant::control::demo::random_secret;
 use pgtenant::control::pause::{Pause, PauseError, PauseRequest};
@@ -253,6 +253,47 @@ async fn drain_timeout_lifts_the_pause() {
         .unwrap();
     assert_eq!(answer, 42);
     holder.batch_execute("COMMIT").await.unwrap();
+}
+
+/// A long statement in flight holds the drain until `cancel_in_flight` cancels it: the
+/// client gets 57014 and the pause is then taken.
+#[tokio::test]
+async fn cancel_in_flight_lets_the_pause_drain() {
+    let mut admin = fleet().superuser().await;
+    let password = catalog_tenant(&mut admin, "pz_cancel").await;
+    let proxy = catalog_proxy().await;
+    let client = login(&proxy, "pz_cancel", &password).await;
+    let sleeper = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(600)").await });
+    let running = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE usename = 'pz_cancel' AND state = 'active'";
+    wait_until("the statement runs", Duration::from_secs(10), || async {
+        admin
+            .query_one(running, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+
+    let begin = begin_in_background("pz_cancel");
+    tokio::time::sleep(HOLD).await;
+    assert!(!begin.is_finished(), "begin waits for the statement");
+    let cancelled = bounded(
+        "cancel",
+        Pause::cancel_in_flight(&catalog_config(), "pz_cancel"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cancelled, 1);
+
+    let error = bounded("the cancelled statement", sleeper)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "57014", "{error}");
+    let pause = bounded("begin", begin).await.unwrap().unwrap();
+    bounded("resume", pause.resume()).await.unwrap();
 }
 
 /// A pause inserted by hand and never removed expires: the transaction waiting at the gate

@@ -33,7 +33,7 @@
 //! Privileges: a `[catalog] user` that is not a superuser needs `pg_read_all_stats`, to see
 //! the state of the tenant role's backends (without it `begin` fails with
 //! [`PauseError::Invisible`] rather than guess), and `pg_signal_backend` for
-//! [`Pause::cancel_in_flight`].
+//! [`Pause::cancel_in_flight`], which a runner calls from another task while `begin` waits.
 //!
 //! Loop: while `begin` waits, it reads `pg_stat_activity` every 10 ms and wakes at once on
 //! each acknowledgement.
@@ -266,22 +266,30 @@ impl Pause {
 
     /// Cancels the statements of the tenant role's backends still in a transaction
     /// (`pg_cancel_backend`), for the runner's `cancel` drain policy; returns how many were
-    /// signalled. A backend idle in a transaction has no statement to cancel and is left
-    /// alone: its client must end the transaction.
-    pub async fn cancel_in_flight(&self) -> Result<usize, PauseError> {
+    /// signalled. It takes the configuration rather than a `Pause` because it is called
+    /// while `begin` still waits for the drain, from another task, on a connection of its
+    /// own. A cancelled statement inside `BEGIN` leaves its transaction aborted until the
+    /// client rolls back; a backend idle in a transaction has no statement to cancel and is
+    /// left alone.
+    pub async fn cancel_in_flight(config: &Config, tenant: &str) -> Result<usize, PauseError> {
+        let client = catalog::connect(config).await?;
+        let role = tenant_role(&client, tenant).await?;
         let sql = format!(
             "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
              WHERE usename = $1 AND backend_type = 'client backend' AND {IN_TRANSACTION} \
                AND pid <> pg_backend_pid()"
         );
-        let row = self
-            .client
-            .query_one(&sql, &[&self.role])
+        let row = client
+            .query_one(&sql, &[&role])
             .await
-            .map_err(self.query_error("cancel backends in a transaction"))?;
+            .map_err(|source| PauseError::Query {
+                step: "cancel backends in a transaction",
+                tenant: tenant.to_owned(),
+                source,
+            })?;
         let cancelled: i64 = field(&row, 0, "pg_stat_activity")?;
 
-        tracing::info!(tenant = %self.tenant, cancelled, "statements in flight cancelled");
+        tracing::info!(%tenant, cancelled, "statements in flight cancelled");
         Ok(usize::try_from(cancelled).unwrap_or(0))
     }
 
