@@ -394,6 +394,48 @@ async fn new_generation_retires_the_pool() {
     assert!(!new.is_empty() && new.iter().all(|pid| !old.contains(pid)));
 }
 
+/// The migration sequence: a transaction held at the gate while the generation is bumped
+/// runs, once resumed, on a new backend, with the client's prepared statement re-made there.
+#[tokio::test]
+async fn held_transaction_runs_on_the_new_generation() {
+    let mut admin = fleet().superuser().await;
+    let password = catalog_tenant(&mut admin, "pz_migrate").await;
+    let proxy = catalog_proxy().await;
+    let client = login(&proxy, "pz_migrate", &password).await;
+    let statement = client
+        .prepare("SELECT $1::int + 1, pg_backend_pid()")
+        .await
+        .unwrap();
+    client.query_one(&statement, &[&1]).await.unwrap();
+    let old = backend_pids(&admin, "pz_migrate").await;
+
+    let pause = bounded(
+        "begin",
+        Pause::begin(&catalog_config(), &request("pz_migrate")),
+    )
+    .await
+    .unwrap();
+    let held = tokio::spawn(async move {
+        let row = client.query_one(&statement, &[&41]).await.unwrap();
+        (row.get::<_, i32>(0), row.get::<_, i32>(1))
+    });
+    admin
+        .execute(
+            "UPDATE pgtenant.tenants SET generation = generation + 1 WHERE name = 'pz_migrate'",
+            &[],
+        )
+        .await
+        .unwrap();
+    bounded("resume", pause.resume()).await.unwrap();
+
+    let (answer, pid) = bounded("held query", held).await.unwrap();
+    assert_eq!(answer, 42);
+    assert!(
+        !old.contains(&pid),
+        "ran on a backend of the new generation"
+    );
+}
+
 /// Two proxies following one catalog both pause the tenant and both acknowledge.
 #[tokio::test]
 async fn every_proxy_acknowledges() {
