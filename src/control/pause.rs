@@ -38,19 +38,20 @@
 //! Loop: while `begin` waits, it reads `pg_stat_activity` every 10 ms and wakes at once on
 //! each acknowledgement.
 
+mod row;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 
 use super::demo::random_secret;
 use crate::config::Config;
 use crate::tenant::catalog::pauses::MAX_PAUSE;
 use crate::tenant::catalog::watch::WATCHER_PREFIX;
-use crate::tenant::catalog::{
-    self, CatalogError, PAUSE_ACK_CHANNEL, connect_error, describe, field,
-};
+use crate::tenant::catalog::{self, CatalogError, describe, field};
+use row::{Ack, insert, listen, tenant_role};
 
 /// Added to `max_pause` in `expires_at`, so a runner that resumes right at `max_pause` does
 /// not race the proxies' own expiry.
@@ -88,7 +89,10 @@ pub enum PauseError {
     #[error("no tenant named {0:?} in the catalog")]
     UnknownTenant(String),
     /// Someone else holds a pause on the tenant.
-    #[error("tenant {tenant:?} is already paused by {requested_by} (for {} s more)", .expires_in.as_secs())]
+    #[error(
+        "tenant {tenant:?} is already paused by {requested_by} (for {} s more)",
+        .expires_in.as_secs()
+    )]
     AlreadyPaused {
         /// The tenant.
         tenant: String,
@@ -99,8 +103,9 @@ pub enum PauseError {
     },
     /// The tenant did not drain in time; the pause was lifted again.
     #[error(
-        "tenant {tenant:?} did not drain within {waited:?}: waiting for {} proxies {waiting_proxies:?} \
-         and {busy_backends} backends in a transaction; the pause was lifted",
+        "tenant {tenant:?} did not drain within {waited:?}: {} proxies had not acknowledged \
+         {waiting_proxies:?} and {busy_backends} backends were in a transaction; the pause \
+         was lifted",
         .waiting_proxies.len()
     )]
     NotDrained {
@@ -144,14 +149,6 @@ pub enum PauseError {
         /// Since `begin` inserted the row.
         paused_for: Duration,
     },
-}
-
-/// An acknowledgement heard on `pgtenant_pause_ack`.
-#[derive(Debug)]
-struct Ack {
-    pid: i32,
-    token: String,
-    proxy: String,
 }
 
 /// Where the drain stands.
@@ -227,7 +224,11 @@ impl Pause {
     /// Lifts a pause that did not drain; the error that ended it is what the caller sees.
     async fn give_up(self, error: PauseError) -> PauseError {
         if let Err(lift) = self.delete_row().await {
-            tracing::warn!(tenant = %self.tenant, error = %lift, "could not lift a failed pause; it expires on its own");
+            tracing::warn!(
+                tenant = %self.tenant,
+                error = %lift,
+                "could not lift a failed pause; it expires on its own"
+            );
         }
         tracing::info!(tenant = %self.tenant, token = %self.token, %error, "pause lifted");
         error
@@ -446,139 +447,5 @@ impl Pause {
             tenant,
             source,
         }
-    }
-}
-
-/// Opens the pause's own connection and listens for acknowledgements on it.
-async fn listen(
-    config: &Config,
-    tenant: &str,
-) -> Result<(Client, mpsc::UnboundedReceiver<Ack>), PauseError> {
-    let name = format!("pgtenant pause {tenant}");
-    let (client, mut connection) = catalog::pg_config(config, &name)?
-        .connect(NoTls)
-        .await
-        .map_err(|source| connect_error(config, source))?;
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) if n.channel() == PAUSE_ACK_CHANNEL => {
-                    let _ = tx.send(parse_ack(n.process_id(), n.payload()));
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(error = %describe(&error), "pause connection failed");
-                    return;
-                }
-            }
-        }
-    });
-
-    client
-        .batch_execute(&format!("LISTEN {PAUSE_ACK_CHANNEL}"))
-        .await
-        .map_err(|source| PauseError::Query {
-            step: "listen for acknowledgements",
-            tenant: tenant.to_owned(),
-            source,
-        })?;
-    Ok((client, rx))
-}
-
-/// `<token> <proxy name>`, sent by the proxy whose catalog connection is `pid`.
-fn parse_ack(pid: i32, payload: &str) -> Ack {
-    let (token, proxy) = payload.split_once(' ').unwrap_or((payload, ""));
-    Ack {
-        pid,
-        token: token.to_owned(),
-        proxy: proxy.to_owned(),
-    }
-}
-
-async fn tenant_role(client: &Client, tenant: &str) -> Result<String, PauseError> {
-    let row = client
-        .query_opt(
-            "SELECT role_name FROM pgtenant.tenants WHERE name = $1",
-            &[&tenant],
-        )
-        .await
-        .map_err(|source| PauseError::Query {
-            step: "read the tenant",
-            tenant: tenant.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| PauseError::UnknownTenant(tenant.to_owned()))?;
-    Ok(field(&row, 0, &format!("tenant {tenant:?}"))?)
-}
-
-/// Inserts the row, replacing an expired one; someone else's pause in force is an error.
-async fn insert(
-    client: &Client,
-    request: &PauseRequest<'_>,
-    token: &str,
-) -> Result<(), PauseError> {
-    let seconds = (request.max_pause + GRACE).as_secs_f64();
-    let inserted = client
-        .query_opt(
-            "INSERT INTO pgtenant.pauses AS p (tenant, token, requested_by, expires_at) \
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
-             ON CONFLICT (tenant) DO UPDATE SET token = EXCLUDED.token, \
-                 requested_by = EXCLUDED.requested_by, requested_at = EXCLUDED.requested_at, \
-                 expires_at = EXCLUDED.expires_at \
-             WHERE p.expires_at <= now() \
-             RETURNING 1",
-            &[&request.tenant, &token, &request.requested_by, &seconds],
-        )
-        .await
-        .map_err(|source| PauseError::Query {
-            step: "insert the pause",
-            tenant: request.tenant.to_owned(),
-            source,
-        })?;
-
-    match inserted {
-        Some(_) => Ok(()),
-        None => Err(held_by_another(client, request.tenant).await),
-    }
-}
-
-/// The error for a tenant someone else has paused.
-async fn held_by_another(client: &Client, tenant: &str) -> PauseError {
-    let row = client
-        .query_opt(
-            "SELECT requested_by, GREATEST(0, EXTRACT(EPOCH FROM expires_at - now()))::float8 \
-             FROM pgtenant.pauses WHERE tenant = $1",
-            &[&tenant],
-        )
-        .await;
-    let (requested_by, seconds) = match row {
-        Ok(Some(row)) => (
-            row.try_get::<_, String>(0).unwrap_or_default(),
-            row.try_get::<_, f64>(1).unwrap_or_default(),
-        ),
-        _ => (String::from("?"), 0.0),
-    };
-    PauseError::AlreadyPaused {
-        tenant: tenant.to_owned(),
-        requested_by,
-        expires_in: Duration::try_from_secs_f64(seconds).unwrap_or_default(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acks_carry_token_and_proxy_name() {
-        let ack = parse_ack(7, "k3y pgtenant catalog watcher 127.0.0.1:6432");
-        assert_eq!(ack.pid, 7);
-        assert_eq!(ack.token, "k3y");
-        assert_eq!(ack.proxy, "pgtenant catalog watcher 127.0.0.1:6432");
-
-        let bare = parse_ack(8, "lonely");
-        assert_eq!((bare.token.as_str(), bare.proxy.as_str()), ("lonely", ""));
     }
 }
