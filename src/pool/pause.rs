@@ -116,15 +116,15 @@ impl PauseGate {
         let mut waiting_since: Option<Instant> = None;
         loop {
             self.in_flight.fetch_add(1, SeqCst);
-            let ticket = InFlight { gate: self.clone() };
+            let counted = InFlight { gate: self.clone() };
             if !self.closed.load(SeqCst) {
                 if let Some(since) = waiting_since {
                     self.wait.record(since.elapsed().as_secs_f64());
                 }
-                return ticket;
+                return counted;
             }
 
-            drop(ticket);
+            drop(counted);
             waiting_since.get_or_insert_with(Instant::now);
             self.wait_open().await;
         }
