@@ -31,6 +31,9 @@ const BUDGET_EVICTIONS: &str = "pgtenant_budget_evictions_total";
 const TIER_CHANGES: &str = "pgtenant_tier_changes_total";
 const CATALOG_RELOADS: &str = "pgtenant_catalog_reloads_total";
 const SUPPORT_SESSIONS: &str = "pgtenant_support_sessions_total";
+const PAUSED_TENANTS: &str = "pgtenant_paused_tenants";
+const PAUSES: &str = "pgtenant_pauses_total";
+const PAUSE_WAIT: &str = "pgtenant_pause_wait_seconds";
 
 /// Registers help text and units; call once at start.
 pub fn describe() {
@@ -110,6 +113,21 @@ pub fn describe() {
         SUPPORT_SESSIONS,
         Unit::Count,
         "Admin support sessions, by result: started, refused."
+    );
+    describe_gauge!(
+        PAUSED_TENANTS,
+        Unit::Count,
+        "Tenants whose new transactions are held at the pause gate now."
+    );
+    describe_counter!(
+        PAUSES,
+        Unit::Count,
+        "Pauses ended, by outcome: resumed, expired, replaced (a new pause took its place)."
+    );
+    describe_histogram!(
+        PAUSE_WAIT,
+        Unit::Seconds,
+        "Time a transaction or login waited at a closed pause gate, per tenant."
     );
 }
 
@@ -213,4 +231,19 @@ pub fn catalog_reload(result: &'static str) {
 /// A support session `started` or was `refused`.
 pub fn support_session(result: &'static str) {
     counter!(SUPPORT_SESSIONS, "result" => result).increment(1);
+}
+
+/// A tenant was paused (`+1`) or its pause ended (`-1`).
+pub fn paused_tenants(delta: f64) {
+    gauge!(PAUSED_TENANTS).increment(delta);
+}
+
+/// A pause ended with `outcome` (`resumed`, `expired`, `replaced`).
+pub fn pause_ended(outcome: &'static str) {
+    counter!(PAUSES, "outcome" => outcome).increment(1);
+}
+
+/// The histogram of waits at `tenant`'s pause gate.
+pub fn pause_wait(tenant: &str) -> Histogram {
+    histogram!(PAUSE_WAIT, "tenant" => tenant.to_owned())
 }

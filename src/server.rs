@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::frontend::listener;
-use crate::pool::Pools;
+use crate::pool::{PauseGates, Pools};
 use crate::tenant::catalog::{self, Snapshot};
 use crate::tls::{self, TlsError};
 
@@ -168,6 +168,11 @@ impl ServerHandle {
     /// The current configuration snapshot.
     pub fn config(&self) -> Arc<Config> {
         self.shared.config()
+    }
+
+    /// Every tenant's pause gate.
+    pub fn pauses(&self) -> &PauseGates {
+        &self.shared.pools.pauses
     }
 
     /// The address the proxy listens on, as text (`?` if the socket cannot tell).

@@ -425,6 +425,7 @@ async fn tenants_cannot_read_the_catalog() {
             "tenants",
             "admins",
             "audit_log",
+            "pauses",
         ] {
             let sql = format!("SELECT * FROM pgtenant.{table}");
             let error = client.query(sql.as_str(), &[]).await.unwrap_err();

@@ -331,6 +331,11 @@ pub struct TenantSection {
     /// Client logins accepted for this tenant.
     #[serde(default)]
     pub users: Vec<UserSection>,
+    /// The generation of the tenant's schema, bumped by the migration runner with each
+    /// schema change; a new generation retires the tenant's pools. Set by the catalog only,
+    /// never in the file.
+    #[serde(skip)]
+    pub generation: i64,
 }
 
 /// How long a client keeps a backend connection.

@@ -158,14 +158,19 @@ pub struct Tenant {
     pub suspended: bool,
     /// Client logins: user name → SCRAM verifier.
     pub users: HashMap<String, Verifier>,
+    /// Generation of the tenant's schema (the catalog's; 0 for tenants in the file).
+    pub generation: i64,
 }
 
 impl Tenant {
     /// Whether backend connections made for `other` would be the same as for `self`: same
-    /// role, password, schema and pooling, and both served. Limits and logins may differ.
+    /// role, password, schema, pooling and schema generation, and both served. Limits and
+    /// logins may differ. A new generation means the schema changed under the connections:
+    /// their cached plans and prepared statements may be stale, so the pool is replaced.
     pub fn same_backend(&self, other: &Tenant) -> bool {
         !self.suspended
             && !other.suspended
+            && self.generation == other.generation
             && self.name == other.name
             && self.schema == other.schema
             && self.role == other.role
@@ -463,6 +468,7 @@ fn validate_tenant(
         max_client_connections: t.max_client_connections.or(limits.max_client_connections),
         suspended: t.suspended,
         users,
+        generation: t.generation,
     })
 }
 

@@ -3,7 +3,8 @@
 //!
 //! `create` provisions a tenant in one transaction; `migrate` is the engine that brings a
 //! tenant's schema up to the migration files; `manage` and `remove` change or remove existing
-//! tenants; `inspect` reads them for `tenant list` and `tenant show`. Every change writes its
+//! tenants; `inspect` reads them for `tenant list` and `tenant show`; `pause` holds one
+//! tenant's traffic at every proxy for the instant of a schema change. Every change writes its
 //! audit row in the transaction that makes it, and every commit notifies the proxies through
 //! the catalog trigger. `provision` holds the role and schema SQL, `demo` the static demo
 //! tenants the test harness uses.
@@ -15,6 +16,7 @@ pub mod inspect;
 pub mod manage;
 pub mod migrate;
 pub mod names;
+pub mod pause;
 pub mod provision;
 pub mod remove;
 

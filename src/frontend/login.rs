@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -21,7 +22,7 @@ use super::support;
 use crate::backend::conn::{ItemKind, SessionItems};
 use crate::backend::sync::{self, SETTABLE, quote_literal};
 use crate::config::Config;
-use crate::pool::TenantPool;
+use crate::pool::{Lease, PoolError, TenantPool};
 use crate::protocol::{ClientError, ErrorKind, message, sqlstate};
 use crate::server::Shared;
 use crate::tenant;
@@ -91,12 +92,12 @@ pub async fn login(
         false => None,
     };
 
-    let pool = shared.pools.for_tenant(&tenant, config);
+    let mut pool = shared.pools.for_tenant(&tenant, config);
     let place = match pool.governor.admit_client() {
         Ok(place) => place,
         Err(error) => return Err(refuse(&mut stream, error).await),
     };
-    let state = match client_state(&pool, config, &request).await {
+    let state = match client_state(shared, &mut pool, config, &request).await {
         Ok(state) => state,
         Err(error) => return Err(refuse(&mut stream, error).await),
     };
@@ -129,7 +130,8 @@ async fn refuse(stream: &mut ClientStream, error: ClientError) -> LoginError {
 
 /// Sorts the client's settings and learns the parameters PostgreSQL reports for them.
 async fn client_state(
-    pool: &TenantPool,
+    shared: &Shared,
+    pool: &mut Arc<TenantPool>,
     config: &Config,
     request: &StartupRequest,
 ) -> Result<ClientState, ClientError> {
@@ -145,7 +147,7 @@ async fn client_state(
     let reported = match pool.cached_login_params(&key) {
         Some(reported) => reported,
         None => {
-            let reported = apply_on_backend(pool, config, &wants, &items).await?;
+            let reported = apply_on_backend(shared, pool, config, &wants, &items).await?;
             pool.cache_login_params(key, reported.clone());
             reported
         }
@@ -198,7 +200,8 @@ fn check_setting_name(name: &str) -> Result<(), ClientError> {
 
 /// Applies the client's settings on a real backend and reads back what it reports.
 async fn apply_on_backend(
-    pool: &TenantPool,
+    shared: &Shared,
+    pool: &mut Arc<TenantPool>,
     config: &Config,
     wants: &HashMap<String, String>,
     items: &SessionItems,
@@ -207,8 +210,7 @@ async fn apply_on_backend(
         severity: crate::protocol::Severity::Fatal,
         ..e
     };
-    let mut lease = pool
-        .acquire(config.proxy.query_wait_timeout)
+    let mut lease = acquire_current(shared, pool, config.proxy.query_wait_timeout)
         .await
         .map_err(|e| fatal(e.to_client()))?;
 
@@ -242,6 +244,27 @@ async fn apply_on_backend(
             format!("invalid startup parameter: {}", failure.error),
         )),
     }
+}
+
+/// Leases a backend for the login. A pool retired meanwhile (a reload, or a new schema
+/// generation while the login waited at the pause gate) is replaced by the tenant's current
+/// one, so the login goes on there.
+async fn acquire_current(
+    shared: &Shared,
+    pool: &mut Arc<TenantPool>,
+    wait: Duration,
+) -> Result<Lease, PoolError> {
+    let tenant = match pool.acquire(wait).await {
+        Err(PoolError::Closed(tenant)) => tenant,
+        other => return other,
+    };
+
+    let config = shared.config();
+    let Some(current) = config.tenants.get(&tenant).filter(|t| !t.suspended) else {
+        return Err(PoolError::Closed(tenant));
+    };
+    *pool = shared.pools.for_tenant(current, &config);
+    pool.acquire(wait).await
 }
 
 /// Sends the parameters, our cancel key and the first `ReadyForQuery`.

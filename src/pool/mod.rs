@@ -3,8 +3,9 @@
 //! `tenant_pool` is one tenant's pool (FIFO queue, LIFO reuse, idle reaper); `budget` caps
 //! the connections of all pools together and takes idle connections from cold tenants for
 //! busy ones; `governor` holds what outlives a pool (tier, rate limiter, client count,
-//! load); `tiering` ranks tenants by load into hot, warm and cold; `capacity` and `limiter`
-//! are the resizable semaphore and token bucket underneath.
+//! load); `pause` is each tenant's pause gate for migrations, which outlives pools too;
+//! `tiering` ranks tenants by load into hot, warm and cold; `capacity` and `limiter` are the
+//! resizable semaphore and token bucket underneath.
 //!
 //! Loops: the idle reaper (every 5 s, from the server) and the tiering round (every
 //! `[tiers] interval`).
@@ -13,6 +14,7 @@ pub mod budget;
 pub mod capacity;
 pub mod governor;
 pub mod limiter;
+pub mod pause;
 pub mod tenant_pool;
 pub mod tiering;
 
@@ -24,6 +26,7 @@ use dashmap::mapref::entry::Entry;
 
 pub use budget::Budget;
 pub use governor::{ClientPlace, Governor, Governors};
+pub use pause::{PauseGate, PauseGates};
 pub use tenant_pool::{Lease, TenantPool};
 
 use crate::backend::ConnectError;
@@ -120,6 +123,8 @@ pub struct Pools {
     pools: DashMap<String, Arc<TenantPool>>,
     /// Per-tenant governance.
     pub governors: Governors,
+    /// Per-tenant pause gates.
+    pub pauses: PauseGates,
     /// The global connection budget.
     pub budget: Arc<Budget>,
 }
@@ -130,6 +135,7 @@ impl Pools {
         Self {
             pools: DashMap::new(),
             governors: Governors::default(),
+            pauses: PauseGates::default(),
             budget: Budget::new(config.budget.for_tenants()),
         }
     }
@@ -162,17 +168,19 @@ impl Pools {
         TenantPool::new(
             tenant.clone(),
             governor,
+            self.pauses.for_tenant(&tenant.name),
             config.backend.clone(),
             self.budget.clone(),
             size,
         )
     }
 
-    /// After a reload: new budget and limits, pools resized; pools whose tenant is gone or
-    /// logs in differently are retired.
+    /// After a reload: new budget and limits, pools resized; pools whose tenant is gone, logs
+    /// in differently or has a new schema generation are retired.
     pub fn apply(&self, config: &Config) {
         self.budget.resize(config.budget.for_tenants());
         self.governors.apply(config);
+        self.pauses.prune(|name| config.tenants.contains_key(name));
 
         self.pools.retain(|name, pool| {
             let keep = config

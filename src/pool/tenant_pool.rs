@@ -4,7 +4,9 @@
 //! counted by a FIFO [`Capacity`]: a client that finds them all busy waits in arrival order
 //! up to the queue timeout and then gets `53300` as an ERROR, so its session survives.
 //! Idle connections are reused most recently used first and closed past `idle_timeout`;
-//! every open connection also holds a [`Slot`] of the global budget.
+//! every open connection also holds a [`Slot`] of the global budget. Before the queue, a
+//! caller passes the tenant's [`PauseGate`], which holds it while a migration pauses the
+//! tenant and counts it in flight until its lease comes back.
 //! Invariant: a connection is either idle here or owned by exactly one [`Lease`], and the
 //! pool's open connections never exceed its size once leases come back.
 
@@ -17,6 +19,7 @@ use super::PoolError;
 use super::budget::{Budget, Slot};
 use super::capacity::{Capacity, Permit, TakeError};
 use super::governor::Governor;
+use super::pause::{InFlight, PauseGate};
 use crate::backend::{BackendConn, connect};
 use crate::config::{BackendSettings, Tenant};
 use crate::metrics as m;
@@ -79,6 +82,12 @@ struct Idle {
     opened: Opened,
 }
 
+/// What a caller holds once it is through the gate and the queue.
+struct Held {
+    permit: Permit,
+    in_flight: InFlight,
+}
+
 /// A connection on loan to one client.
 #[derive(Debug)]
 pub struct Lease {
@@ -87,6 +96,7 @@ pub struct Lease {
     slot: Slot,
     opened: Opened,
     _permit: Permit,
+    _in_flight: InFlight,
     since: Instant,
 }
 
@@ -97,6 +107,8 @@ pub struct TenantPool {
     pub tenant: Arc<Tenant>,
     /// The tenant's tier, limits and load.
     pub governor: Arc<Governor>,
+    /// The tenant's pause gate, shared with its other pools.
+    pub gate: Arc<PauseGate>,
     /// Metric handles labelled with this tenant.
     pub metrics: m::TenantMetrics,
     settings: BackendSettings,
@@ -116,6 +128,7 @@ impl TenantPool {
     pub fn new(
         tenant: Arc<Tenant>,
         governor: Arc<Governor>,
+        gate: Arc<PauseGate>,
         settings: BackendSettings,
         budget: Arc<Budget>,
         size: usize,
@@ -124,6 +137,7 @@ impl TenantPool {
             metrics: m::TenantMetrics::new(&tenant.name),
             tenant,
             governor,
+            gate,
             settings,
             budget: budget.clone(),
             capacity: Capacity::new(size),
@@ -140,30 +154,35 @@ impl TenantPool {
         pool
     }
 
-    /// Waits up to `wait` for a connection, reusing an idle one or opening a new one.
+    /// Waits at the pause gate while the tenant is paused, then up to `wait` for a
+    /// connection, reusing an idle one or opening a new one.
     pub async fn acquire(&self, wait: Duration) -> Result<Lease, PoolError> {
+        let in_flight = self.gate.pass().await;
+
         let started = Instant::now();
         let deadline = started + wait;
         let permit = self.wait_for_permit(deadline, wait).await?;
         self.metrics.wait.record(started.elapsed().as_secs_f64());
+        let held = Held { permit, in_flight };
 
         if let Some(Idle { conn, slot, opened }) = self.take_idle() {
-            return Ok(self.lease(conn, slot, opened, permit));
+            return Ok(self.lease(conn, slot, opened, held));
         }
 
         let slot = self.budget_slot(deadline, wait).await?;
         let conn = Box::new(connect(&self.settings, &self.tenant).await?);
         let opened = self.opened(&conn);
-        Ok(self.lease(conn, slot, opened, permit))
+        Ok(self.lease(conn, slot, opened, held))
     }
 
-    fn lease(&self, conn: Box<BackendConn>, slot: Slot, opened: Opened, permit: Permit) -> Lease {
+    fn lease(&self, conn: Box<BackendConn>, slot: Slot, opened: Opened, held: Held) -> Lease {
         self.metrics.in_use.set(self.capacity.in_use() as f64);
         Lease {
             conn,
             slot,
             opened,
-            _permit: permit,
+            _permit: held.permit,
+            _in_flight: held.in_flight,
             since: Instant::now(),
         }
     }
@@ -255,10 +274,12 @@ impl TenantPool {
             slot,
             opened,
             _permit,
+            _in_flight,
             since,
         } = lease;
         self.governor.add_busy(since.elapsed());
         drop(_permit);
+        drop(_in_flight);
         self.metrics.in_use.set(self.capacity.in_use() as f64);
 
         let over_size = self.open.load(Ordering::Acquire) > self.capacity.size();

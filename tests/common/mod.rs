@@ -185,6 +185,7 @@ impl ProxyOptions {
                     name: t.user.clone(),
                     verifier: t.user_verifier.clone(),
                 }],
+                generation: 0,
             })
             .collect();
 

@@ -1,12 +1,14 @@
 //! The tenant catalog: tenants, client credentials, role secrets, support admins, migration
 //! state and the audit log, kept in PostgreSQL's `pgtenant` schema of the backend database.
 //!
-//! Proxies read it (`load`) and hear of changes through `LISTEN pgtenant_catalog` (`watch`);
-//! the CLI writes it. `install` creates and upgrades the schema under an advisory lock, so
+//! Proxies read it (`load`) and hear of changes through `LISTEN pgtenant_catalog` (`watch`),
+//! and of pauses for migrations through `LISTEN pgtenant_pause` (`pauses`); the CLI and the
+//! migration runner write it. `install` creates and upgrades the schema under an advisory lock, so
 //! several processes starting together apply each step once. The connection logs in as
 //! pgtenant's own role from `[catalog]`, the only role that can read the catalog.
 
 pub mod audit;
+pub mod pauses;
 mod schema;
 pub mod watch;
 
@@ -14,7 +16,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls};
 
-pub use schema::CHANNEL;
+pub use schema::{CHANNEL, PAUSE_ACK_CHANNEL, PAUSE_CHANNEL};
 
 use crate::config::file::UserSection;
 use crate::config::{CatalogSettings, Config, PoolMode, TenantSection, Tier};
@@ -206,7 +208,7 @@ pub async fn load(client: &Client) -> Result<Snapshot, CatalogError> {
         .query(
             "SELECT t.name, t.schema_name, t.role_name, s.role_password, t.pool_mode, \
                     t.pool_size, t.tier, t.transactions_per_second, t.burst, \
-                    t.max_client_connections, t.state = 'suspended' \
+                    t.max_client_connections, t.state = 'suspended', t.generation \
              FROM pgtenant.tenants t LEFT JOIN pgtenant.role_secrets s ON s.tenant = t.name \
              WHERE t.state IN ('active', 'suspended') ORDER BY t.name",
             &[],
@@ -275,6 +277,7 @@ fn tenant_section(
         burst: count(8)?,
         max_client_connections: size(9)?,
         suspended: field(row, 10, &owner)?,
+        generation: field(row, 11, &owner)?,
         users,
         name,
     })

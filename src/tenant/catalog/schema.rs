@@ -4,10 +4,18 @@
 //! is owned by pgtenant's role and readable by nobody else (`REVOKE ALL ... FROM PUBLIC` on
 //! the schema), which keeps role passwords and verifiers away from tenant roles. Changes to
 //! what proxies serve raise `NOTIFY pgtenant_catalog` from statement-level triggers, so every
-//! proxy hears of them when the writing transaction commits.
+//! proxy hears of them when the writing transaction commits. Pauses (`pgtenant.pauses`) have
+//! their own channel, `pgtenant_pause`, so that pausing a tenant does not cost every proxy a
+//! full catalog reload.
 
 /// The channel proxies listen on for catalog changes.
 pub const CHANNEL: &str = "pgtenant_catalog";
+
+/// The channel proxies listen on for pauses taken or lifted.
+pub const PAUSE_CHANNEL: &str = "pgtenant_pause";
+
+/// The channel on which a proxy acknowledges a pause: `<token> <proxy name>`.
+pub const PAUSE_ACK_CHANNEL: &str = "pgtenant_pause_ack";
 
 /// Runs before the steps: the schema and the version record, safe to run every time.
 pub const BOOTSTRAP: &str = "
@@ -20,7 +28,7 @@ CREATE TABLE IF NOT EXISTS pgtenant.catalog_version (
 ";
 
 /// The catalog steps; step `n` (1-based) brings the catalog to version `n`.
-pub const STEPS: &[&str] = &[STEP_1];
+pub const STEPS: &[&str] = &[STEP_1, STEP_2];
 
 const STEP_1: &str = "
 CREATE TABLE pgtenant.tenants (
@@ -104,4 +112,28 @@ CREATE TRIGGER role_secrets_changed AFTER INSERT OR UPDATE OR DELETE ON pgtenant
     FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_change();
 CREATE TRIGGER admins_changed AFTER INSERT OR UPDATE OR DELETE ON pgtenant.admins
     FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_change();
+";
+
+/// Pauses of one tenant's traffic for a schema change, and the generation of each tenant's
+/// schema: a change of generation retires the tenant's pools at every proxy.
+const STEP_2: &str = "
+CREATE TABLE pgtenant.pauses (
+    tenant text PRIMARY KEY REFERENCES pgtenant.tenants ON UPDATE CASCADE ON DELETE CASCADE,
+    token text NOT NULL,
+    requested_by text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+
+CREATE FUNCTION pgtenant.notify_pause() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NOTIFY pgtenant_pause;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER pauses_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pgtenant.pauses
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_pause();
+
+ALTER TABLE pgtenant.tenants ADD COLUMN generation bigint NOT NULL DEFAULT 0;
 ";
