@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::{GenericClient, Transaction};
 
-pub use source::{Migration, checksum};
+pub use source::{Check, DownStep, Layout, Migration, checksum};
 
 use super::provision::quote_ident;
 use crate::tenant::catalog::{CatalogError, describe, field};
@@ -31,11 +31,48 @@ pub enum MigrateError {
         /// Why.
         source: std::io::Error,
     },
-    /// A `.sql` file is not named `NNNN_name.sql`.
-    #[error("{path}: migration files are named NNNN_name.sql (or NNNN_name.down.sql)")]
+    /// A `.sql` file is not named `NNNN_name.sql`, `NNNN_name.up.sql` or `NNNN_name.down.sql`.
+    #[error(
+        "{path}: migration files are named NNNN_name.sql, NNNN_name.up.sql or \
+         NNNN_name.down.sql (NNNN: up to 38 digits; name: letters, digits, _ and -)"
+    )]
     BadFileName {
         /// The file.
         path: PathBuf,
+    },
+    /// Two entries of one directory follow different layouts.
+    #[error("{first} follows the {first_layout} but {second} the {second_layout}; use one layout")]
+    MixedLayouts {
+        /// An entry of the first layout seen.
+        first: PathBuf,
+        /// That layout.
+        first_layout: Layout,
+        /// An entry of another layout.
+        second: PathBuf,
+        /// That other layout.
+        second_layout: Layout,
+    },
+    /// A down file has no forward file with the same version and name.
+    #[error("{path}: down step without its forward step {expected}")]
+    OrphanDown {
+        /// The down file.
+        path: PathBuf,
+        /// The forward file it needs.
+        expected: PathBuf,
+    },
+    /// A Prisma migration directory has no `migration.sql`.
+    #[error("{dir}: a Prisma migration directory needs a migration.sql file")]
+    MissingMigrationSql {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// An entry that the directory's layout does not allow.
+    #[error("{path}: not allowed here; {rule}")]
+    Unexpected {
+        /// The file or directory.
+        path: PathBuf,
+        /// The rule it breaks.
+        rule: &'static str,
     },
     /// A file is not UTF-8.
     #[error("{path}: not UTF-8 text")]
@@ -108,17 +145,22 @@ pub enum MigrateError {
     },
 }
 
-/// The migration files of one directory, in version order.
+/// The migration files of one directory, in version order, and its health checks.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationSet {
+    layout: Layout,
     migrations: Vec<Migration>,
+    checks: Vec<Check>,
 }
 
 impl MigrationSet {
-    /// Reads `dir` (see the module `source` for the file rules).
+    /// Reads `dir` (see the module `source` for the layouts and file rules).
     pub fn load(dir: &Path) -> Result<Self, MigrateError> {
+        let read = source::read_dir(dir)?;
         Ok(Self {
-            migrations: source::read_dir(dir)?,
+            layout: read.layout,
+            migrations: read.migrations,
+            checks: read.checks,
         })
     }
 
@@ -135,6 +177,22 @@ impl MigrationSet {
     /// The newest migration, if any.
     pub fn newest(&self) -> Option<&Migration> {
         self.migrations.last()
+    }
+
+    /// The migration whose version equals `version` as a number (`7` finds `0007`).
+    pub fn find(&self, version: &str) -> Option<&Migration> {
+        let wanted = source::parse_version(version)?;
+        self.migrations.iter().find(|m| m.number() == wanted)
+    }
+
+    /// How the directory names its files; `Numbered` for an empty set.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The health checks, in file-name order.
+    pub fn checks(&self) -> &[Check] {
+        &self.checks
     }
 }
 
