@@ -142,18 +142,29 @@ async fn copy(ctx: &Ctx<'_>, role: &str) -> Result<CopyReport, BlueGreenError> {
 
     let sql = format!("SET LOCAL ROLE {}", quote_ident(role));
     ctx.run("switch to the tenant role", ctx.live, &sql).await?;
+    let made = read_and_make(ctx).await;
+
+    // A failure found by pgtenant rather than the server leaves the transaction usable, so
+    // the caller gets its own role back either way.
+    let back = become_self(ctx.tx)
+        .await
+        .map_err(query("switch back from the tenant role", ctx.live));
+    let (report, extras) = made?;
+    back?;
+
+    extras.apply_default_privileges(ctx).await?;
+    check_detached(ctx).await?;
+    Ok(report)
+}
+
+/// Reads the plan with `search_path` naming the live schema, then makes it in `next`.
+async fn read_and_make(ctx: &Ctx<'_>) -> Result<(CopyReport, Extras), BlueGreenError> {
     ctx.search_path(ctx.live).await?;
     let plan = Plan::read(ctx).await?;
 
     ctx.search_path(ctx.next).await?;
     let report = make(ctx, &plan).await?;
-
-    become_self(ctx.tx)
-        .await
-        .map_err(query("switch back from the tenant role", ctx.live))?;
-    plan.extras.apply_default_privileges(ctx).await?;
-    check_detached(ctx).await?;
-    Ok(report)
+    Ok((report, plan.extras))
 }
 
 /// Makes everything in `plan`, in dependency order; runs as the tenant's role with

@@ -93,8 +93,10 @@ pub struct Refusal {
 }
 
 impl fmt::Display for Refusal {
+    /// One line, even for names holding line breaks (quoted identifiers may).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.kind, self.object, self.reason)
+        let object = self.object.replace(char::is_control, " ");
+        write!(f, "{} {object}: {}", self.kind, self.reason)
     }
 }
 
@@ -240,4 +242,28 @@ fn query(step: &'static str, object: &str) -> impl FnOnce(tokio_postgres::Error)
 /// `"schema"."name"`, always quoted.
 fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_one_line_naming_kind_object_and_reason() {
+        let refusal = Refusal {
+            kind: "trigger",
+            object: "acme.\"odd\nname\".audit".to_owned(),
+            reason: "triggers are not copied",
+        };
+        assert_eq!(
+            refusal.to_string(),
+            "trigger acme.\"odd name\".audit: triggers are not copied"
+        );
+
+        let error = BlueGreenError::NotCopyable {
+            schema: "acme".to_owned(),
+            refusals: vec![refusal.clone(), refusal],
+        };
+        assert_eq!(error.to_string().lines().count(), 1);
+    }
 }

@@ -114,7 +114,7 @@ pub(super) async fn create(ctx: &Ctx<'_>, routines: &[Routine]) -> Result<(), Bl
     ctx.run(
         "check function bodies again",
         ctx.next,
-        "SET LOCAL check_function_bodies = on",
+        "SET LOCAL check_function_bodies TO DEFAULT",
     )
     .await
 }
