@@ -9,9 +9,9 @@
 //! of its own functions an index, a constraint or a generated column calls runs with the
 //! tenant's rights, never with pgtenant's. It first takes `SHARE` locks on every table of the
 //! live schema, so the copy is one consistent state and writers wait until the caller's
-//! transaction ends. Writes committed to the live schema after the copy are not in `next`:
-//! build, migrate and swap in one transaction, or keep the tenant paused from before
-//! `build_next` until the swap commits.
+//! transaction ends (the caller's `lock_timeout` bounds the wait for running writers). Writes
+//! committed to the live schema after the copy are not in `next`: build, migrate and swap in
+//! one transaction, or keep the tenant paused from before `build_next` until the swap commits.
 //!
 //! Preserved: tables with their columns, types, collations, `NOT NULL`, defaults, identity
 //! and generated columns, storage and compression settings, `UNLOGGED` and storage
@@ -46,9 +46,10 @@
 //! of the whole schema, and objects not owned by the schema's owner.
 //!
 //! Not copied, and not refused: grants made by a grantee holding the grant option (they are
-//! made again by the owner), per-column statistics targets and options, security labels.
-//! Large objects are out of scope: they belong to the database, not to a schema, so columns
-//! holding their OIDs are copied as numbers and both copies refer to the same objects.
+//! made again by the owner), comments and privileges on identity columns' own sequences,
+//! per-column statistics targets and options, security labels. Large objects are out of
+//! scope: they belong to the database, not to a schema, so columns holding their OIDs are
+//! copied as numbers and both copies refer to the same objects.
 //!
 //! # Swaps
 //!
@@ -56,10 +57,12 @@
 //! records the retired schema in `pgtenant.retired_schemas` with its expiry; [`swap_back`]
 //! does the reverse with the newest retained schema, setting the current one aside as a
 //! `rollback` row with the same retention. Both are renames and catalog rows only, so they
-//! finish in milliseconds whatever the data size. Renaming a schema needs `CREATE` on the
-//! database besides ownership, which a superuser has. [`purge_expired`] drops retained
-//! schemas past their expiry, and [`discard_next`] drops an unfinished copy. None of them
-//! touches `pgtenant.migrations`: recording which version is live is the runner's part.
+//! finish in milliseconds whatever the data size. Open sessions follow: PostgreSQL resolves
+//! `search_path` by name and plans prepared statements again after the rename. Renaming a
+//! schema needs `CREATE` on the database besides ownership, which a superuser has.
+//! [`purge_expired`] drops retained schemas past their expiry, and [`discard_next`] drops an
+//! unfinished copy. None of them touches `pgtenant.migrations`: recording which version is
+//! live is the runner's part.
 
 mod constraints;
 mod copy;
