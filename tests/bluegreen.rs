@@ -56,7 +56,8 @@ COMMENT ON TABLE customers IS 'people who pay';
 COMMENT ON COLUMN customers.email IS 'where invoices go';
 INSERT INTO customers (name, email, code)
     VALUES ('Ada', 'ADA@x', 'a'), ('Bob', 'bob@x', 'b'), ('Cy', NULL, 'c');
-INSERT INTO invoices (customer_id, amount_cents, paid) VALUES (1, 100, true), (1, 250, false), (2, 990, false);
+INSERT INTO invoices (customer_id, amount_cents, paid)
+    VALUES (1, 100, true), (1, 250, false), (2, 990, false);
 DELETE FROM customers WHERE name = 'Cy';
 ";
 
@@ -133,7 +134,8 @@ async fn build_and_swap(client: &mut Client, name: &str, retention: Duration) ->
 
 /// Per constraint type, per table: how many constraints `schema` has, as one sorted text.
 async fn constraint_shape(client: &Client, schema: &str) -> String {
-    let sql = "SELECT string_agg(c.relname || ':' || k.contype::text || '=' || n, ',' ORDER BY 1) FROM ( \
+    let sql = "SELECT string_agg(c.relname || ':' || k.contype::text || '=' || n, ',' \
+                                 ORDER BY c.relname, k.contype) FROM ( \
                    SELECT conrelid, contype, count(*) AS n FROM pg_constraint \
                    WHERE connamespace = $1::text::regnamespace GROUP BY 1, 2) k \
                JOIN pg_class c ON c.oid = k.conrelid";
@@ -274,9 +276,13 @@ async fn assert_copy_rights(su: &Client, role: &str, next: &str) {
         .await
     );
 
-    let foreign_owned = number(su, &format!(
-        "SELECT count(*) FROM pg_class WHERE relnamespace = '{next}'::regnamespace AND relowner <> '{role}'::regrole"
-    ))
+    let foreign_owned = number(
+        su,
+        &format!(
+            "SELECT count(*) FROM pg_class \
+         WHERE relnamespace = '{next}'::regnamespace AND relowner <> '{role}'::regrole"
+        ),
+    )
     .await;
     assert_eq!(
         foreign_owned, 0,
@@ -362,9 +368,13 @@ async fn copy_keeps_quoted_names_and_less_common_objects() {
         "{report:?}"
     );
 
-    let line = number(&su, &format!(
-        "INSERT INTO {next}.\"Order Lines\" (\"SKU\", qty) VALUES ('c', 1) RETURNING \"Line No\"::bigint"
-    ))
+    let line = number(
+        &su,
+        &format!(
+            "INSERT INTO {next}.\"Order Lines\" (\"SKU\", qty) VALUES ('c', 1) \
+         RETURNING \"Line No\"::bigint"
+        ),
+    )
     .await;
     assert_eq!(line, 120, "the identity continues after 100 and 110");
     let ticket = number(&su, &format!("SELECT nextval('{next}.\"Ticket Numbers\"')")).await;
@@ -382,7 +392,8 @@ async fn copy_keeps_quoted_names_and_less_common_objects() {
                      WHERE oid = '{next}.scratch'::regclass),
                     (SELECT indisclustered::text FROM pg_index
                      WHERE indexrelid = '{next}.\"Order Lines_pkey\"'::regclass),
-                    (SELECT relreplident::text FROM pg_class WHERE oid = '{next}.\"Shipments\"'::regclass),
+                    (SELECT relreplident::text FROM pg_class
+                     WHERE oid = '{next}.\"Shipments\"'::regclass),
                     (SELECT array_to_string(reloptions, ',') FROM pg_class
                      WHERE oid = '{next}.\"Big Lines\"'::regclass),
                     (SELECT count(*) FROM pg_proc
@@ -429,7 +440,8 @@ async fn swap_makes_the_copy_live_and_retains_the_old_schema() {
     let tx = client.transaction().await.unwrap();
     build_next(&tx, &target(name), &next).await.unwrap();
     let migration = format!(
-        "SET LOCAL ROLE {name}; ALTER TABLE {next}.customers ADD COLUMN tier text NOT NULL DEFAULT 'free'; RESET ROLE"
+        "SET LOCAL ROLE {name}; \
+         ALTER TABLE {next}.customers ADD COLUMN tier text NOT NULL DEFAULT 'free'; RESET ROLE"
     );
     tx.batch_execute(&migration).await.unwrap();
     let retired = swap(&tx, name, name, &next, DAY, ("0001", "0002"))
@@ -551,7 +563,8 @@ async fn swap_back_restores_the_original_quickly() {
     );
     let row = client
         .query_one(
-            "SELECT reason, version_from, version_to FROM pgtenant.retired_schemas WHERE schema_name = $1",
+            "SELECT reason, version_from, version_to FROM pgtenant.retired_schemas \
+             WHERE schema_name = $1",
             &[&back.retired],
         )
         .await

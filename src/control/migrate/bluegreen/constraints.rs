@@ -12,14 +12,14 @@ use crate::tenant::catalog::field;
 
 /// Everything added after the data, read from the live schema.
 pub(super) struct Finish {
-    defaults: Vec<Default>,
+    defaults: Vec<ColumnDefault>,
     constraints: Vec<Constraint>,
     indexes: Vec<Index>,
     owned_by: Vec<OwnedBy>,
     marks: Vec<Marks>,
 }
 
-struct Default {
+struct ColumnDefault {
     relation: String,
     is_view: bool,
     column: String,
@@ -223,11 +223,11 @@ async fn apply_marks(ctx: &Ctx<'_>, marks: &Marks) -> Result<(), BlueGreenError>
     ctx.run("set the replica identity", &table, &sql).await
 }
 
-async fn read_defaults(ctx: &Ctx<'_>) -> Result<Vec<Default>, BlueGreenError> {
+async fn read_defaults(ctx: &Ctx<'_>) -> Result<Vec<ColumnDefault>, BlueGreenError> {
     let rows = ctx.rows("read the column defaults", DEFAULTS).await?;
     rows.iter()
         .map(|row| {
-            Ok(Default {
+            Ok(ColumnDefault {
                 relation: field(row, 0, "column defaults")?,
                 is_view: field(row, 1, "column defaults")?,
                 column: field(row, 2, "column defaults")?,

@@ -4,7 +4,7 @@
 //! as the tenant's role with `search_path` naming `next`. A last check proves that nothing
 //! in `next` still depends on the live schema.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::{Row, Transaction};
 
@@ -194,7 +194,7 @@ async fn make(ctx: &Ctx<'_>, plan: &Plan) -> Result<CopyReport, BlueGreenError> 
         views,
         functions,
         indexes: plan.finish.index_count(),
-        duration: Default::default(),
+        duration: Duration::ZERO,
     })
 }
 
