@@ -218,6 +218,19 @@ async fn copy_preserves_structure_data_sequences_and_grants() {
         default,
         format!("nextval('{next}.customers_id_seq'::regclass)")
     );
+    let owned: String = su
+        .query_one(
+            "SELECT pg_get_serial_sequence($1, 'id')",
+            &[&format!("{next}.customers")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        owned,
+        format!("{next}.customers_id_seq"),
+        "the serial sequence is owned"
+    );
     let totals = |schema: &str| format!("SELECT count(*) FROM {schema}.customer_totals");
     assert_eq!(number(&su, &totals(name)).await, 2);
     assert_eq!(

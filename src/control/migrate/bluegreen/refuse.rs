@@ -159,6 +159,7 @@ async fn run_check(
 /// The checks, in the order their refusals are reported.
 fn checks() -> Vec<Check> {
     let mut all = relation_checks();
+    all.extend(table_form_checks());
     all.extend(type_checks());
     all.extend(routine_checks());
     all.extend(OTHER_OBJECTS.iter().map(|(kind, reason, catalog, prefix)| {
@@ -197,6 +198,7 @@ fn on_relations(what: &str, from: &str, on: &str, condition: &str) -> String {
     )
 }
 
+/// Triggers, rules and row-level security on the schema's relations.
 fn relation_checks() -> Vec<Check> {
     vec![
         Check::new(
@@ -229,6 +231,13 @@ fn relation_checks() -> Vec<Check> {
             "row-level security is not copied (the table has it enabled or forced)",
             &relations("c.relrowsecurity OR c.relforcerowsecurity"),
         ),
+    ]
+}
+
+/// Tables of forms the copy does not make: materialized, partitioned, foreign, typed,
+/// elsewhere than the default tablespace, or inheriting.
+fn table_form_checks() -> Vec<Check> {
+    vec![
         Check::new(
             "materialized view",
             "materialized views are not copied",
