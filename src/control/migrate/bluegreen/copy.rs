@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Row, Transaction};
 
 use super::constraints::Finish;
+use super::depend::detached_sql;
 use super::grants::{self, Acl, Extras};
-use super::refuse::{members, refusals, schema_oid};
+use super::refuse::{refusals, schema_oid};
 use super::routines::{self, Routines};
 use super::tables::{self, Identity, Sequence, Table};
 use super::{BlueGreenError, CopyReport, query};
@@ -231,17 +232,7 @@ async fn check_schemas(
 
 /// Refuses the copy if any object of `next` depends on an object of the live schema.
 async fn check_detached(ctx: &Ctx<'_>) -> Result<(), BlueGreenError> {
-    let sql = format!(
-        "WITH n AS ({}), l AS ({}) \
-         SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), \
-                pg_catalog.pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid) \
-         FROM pg_catalog.pg_depend d \
-         JOIN n ON (n.classid, n.objid) = (d.classid, d.objid) \
-         JOIN l ON (l.classid, l.objid) = (d.refclassid, d.refobjid) \
-         LIMIT 1",
-        members("(SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)"),
-        members("$2::oid")
-    );
+    let sql = detached_sql();
     let row = ctx
         .tx
         .query_opt(sql.as_str(), &[&ctx.next, &ctx.live_oid])

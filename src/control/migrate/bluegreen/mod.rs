@@ -66,6 +66,7 @@
 
 mod constraints;
 mod copy;
+mod depend;
 mod grants;
 mod names;
 mod refuse;

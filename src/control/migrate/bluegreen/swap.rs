@@ -7,8 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::Transaction;
 
+use super::depend::outside_dependents_sql;
 use super::names::{NEXT_MARKER, retired_name};
-use super::refuse::{outside_dependents_sql, schema_oid};
+use super::refuse::schema_oid;
 use super::{BlueGreenError, SwapBack, query};
 use crate::control::provision::quote_ident;
 use crate::tenant::catalog::field;
