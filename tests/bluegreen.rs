@@ -331,8 +331,8 @@ CREATE TABLE "Shipments" ("SKU" text REFERENCES "Order Lines" ("SKU"), note text
 CREATE UNLOGGED TABLE scratch (k int PRIMARY KEY, v text) WITH (fillfactor = 70);
 ALTER TABLE "Order Lines" CLUSTER ON "Order Lines_pkey";
 ALTER TABLE "Shipments" REPLICA IDENTITY FULL;
-CREATE SEQUENCE "Ticket Numbers" AS integer INCREMENT BY 5 MINVALUE 10 MAXVALUE 1000 CYCLE;
-SELECT nextval('"Ticket Numbers"'), nextval('"Ticket Numbers"');
+CREATE SEQUENCE "Receipt Numbers" AS integer INCREMENT BY 5 MINVALUE 10 MAXVALUE 1000 CYCLE;
+SELECT nextval('"Receipt Numbers"'), nextval('"Receipt Numbers"');
 CREATE VIEW "Big Lines" WITH (security_barrier = true) AS
     SELECT * FROM "Order Lines" WHERE qty > 10 WITH LOCAL CHECK OPTION;
 CREATE FUNCTION line_count() RETURNS bigint LANGUAGE sql
@@ -390,8 +390,12 @@ async fn copy_keeps_quoted_names_and_less_common_objects() {
     )
     .await;
     assert_eq!(line, 120, "the identity continues after 100 and 110");
-    let ticket = number(&su, &format!("SELECT nextval('{next}.\"Ticket Numbers\"')")).await;
-    assert_eq!(ticket, 20, "the sequence continues after 10 and 15");
+    let receipt = number(
+        &su,
+        &format!("SELECT nextval('{next}.\"Receipt Numbers\"')"),
+    )
+    .await;
+    assert_eq!(receipt, 20, "the sequence continues after 10 and 15");
     let counted = number(&su, &format!("SELECT {next}.line_count()")).await;
     assert_eq!(counted, 3, "the BEGIN ATOMIC body counts the copy's rows");
 
@@ -400,7 +404,7 @@ async fn copy_keeps_quoted_names_and_less_common_objects() {
             &format!(
                 "SELECT concat_ws(' | ',
                     (SELECT seqincrement || ',' || seqmax || ',' || seqcycle FROM pg_sequence
-                     WHERE seqrelid = '{next}.\"Ticket Numbers\"'::regclass),
+                     WHERE seqrelid = '{next}.\"Receipt Numbers\"'::regclass),
                     (SELECT relpersistence::text || array_to_string(reloptions, ',') FROM pg_class
                      WHERE oid = '{next}.scratch'::regclass),
                     (SELECT indisclustered::text FROM pg_index
