@@ -8,6 +8,7 @@
 //! was applied is never applied again, and a file whose checksum no longer matches the record
 //! is refused, since the schema would no longer be what the files say.
 
+pub mod bluegreen;
 pub mod source;
 
 use std::path::{Path, PathBuf};

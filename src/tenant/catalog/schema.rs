@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS pgtenant.catalog_version (
 ";
 
 /// The catalog steps; step `n` (1-based) brings the catalog to version `n`.
-pub const STEPS: &[&str] = &[STEP_1, STEP_2];
+pub const STEPS: &[&str] = &[STEP_1, STEP_2, STEP_3];
 
 const STEP_1: &str = "
 CREATE TABLE pgtenant.tenants (
@@ -136,4 +136,20 @@ CREATE TRIGGER pauses_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pg
     FOR EACH STATEMENT EXECUTE FUNCTION pgtenant.notify_pause();
 
 ALTER TABLE pgtenant.tenants ADD COLUMN generation bigint NOT NULL DEFAULT 0;
+";
+
+/// Schemas set aside by blue/green swaps and rollbacks, kept until `expires_at` so that a
+/// rollback is a rename; `reason` is `blue-green` (replaced by a migrated copy) or
+/// `rollback` (replaced by the schema it had replaced).
+const STEP_3: &str = "
+CREATE TABLE pgtenant.retired_schemas (
+    tenant text REFERENCES pgtenant.tenants ON UPDATE CASCADE ON DELETE CASCADE,
+    schema_name text PRIMARY KEY,
+    retired_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    version_from text,
+    version_to text,
+    reason text NOT NULL CHECK (reason IN ('blue-green', 'rollback'))
+);
+CREATE INDEX retired_schemas_tenant ON pgtenant.retired_schemas (tenant, retired_at);
 ";
