@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod dev;
+pub mod migrate;
 pub mod passwd;
 pub mod serve;
 pub mod tenant;
@@ -48,6 +49,8 @@ pub enum Command {
     Passwd,
     /// Create, inspect, change and remove tenants in the catalog.
     Tenant(tenant::TenantArgs),
+    /// Roll migrations out across the fleet, show their status, roll a tenant back.
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Entry point for the binary.
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check::run(&config),
         Command::Passwd => passwd::run(),
         Command::Tenant(args) => tenant::run(args),
+        Command::Migrate(args) => migrate::run(args),
     };
 
     match result {

@@ -142,7 +142,8 @@ pub fn run(args: TenantArgs) -> Result<(), String> {
     super::runtime(1)?.block_on(dispatch(&config, args.command))
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, String> {
+/// Reads `--config`, which must have a `[catalog]` section.
+pub fn load_config(path: Option<&Path>) -> Result<Config, String> {
     let path = path.ok_or("tenant commands need --config FILE (or PGTENANT_CONFIG)")?;
     let config = Config::from_file(path).map_err(|e| e.to_string())?;
     if config.catalog.is_none() {

@@ -63,13 +63,95 @@ fn default_catalog_reload() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `[migrations]`: the SQL files every tenant schema is brought up to.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[migrations]`: the SQL files every tenant schema is brought up to, and how
+/// `pgtenant migrate apply` rolls them out across the fleet. Read by the CLI at each run; a
+/// proxy's reload does not use the rollout keys.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MigrationsSection {
-    /// Directory of `0001_name.sql` files applied in order; none when absent. Relative to
-    /// the configuration file.
+    /// Directory of migration files (numbered, `.up.sql`/`.down.sql` or Prisma layout);
+    /// none when absent. Relative to the configuration file.
     pub dir: Option<PathBuf>,
+    /// Tenant migrated alone in the first wave, and copied by `--dry-run`. Default: none.
+    pub test_tenant: Option<String>,
+    /// Share of the fleet done at the end of each wave after the test tenant, in percent,
+    /// rising to 100. Default `[10, 50, 100]`.
+    pub waves: Vec<u8>,
+    /// Tenants migrated at once. Default `10`.
+    pub concurrency: usize,
+    /// PostgreSQL connections a rollout may hold in all, taken from `[budget] reserve`.
+    /// Default: the reserve.
+    pub max_connections: Option<usize>,
+    /// Longest a tenant's traffic may stay paused; past it the tenant's change is rolled
+    /// back and traffic resumes. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub max_pause: Duration,
+    /// How long transactions in flight get to finish once a tenant is paused. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// `skip` (default: resume and leave the tenant for a later run) or `cancel` (cancel the
+    /// transactions still running) when the drain timeout passes.
+    pub on_drain_timeout: DrainPolicy,
+    /// `abort` (default: finish the tenants in flight, start no new ones) or `continue`
+    /// after a tenant fails.
+    pub on_failure: FailurePolicy,
+    /// Consecutive failures that stop a rollout whatever `on_failure` says. Default `3`.
+    pub circuit_breaker: u32,
+    /// `in-place` (default) or `blue-green`.
+    pub strategy: Strategy,
+    /// How long blue/green keeps a tenant's previous schema for `migrate rollback`.
+    /// Default `7days`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for MigrationsSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            test_tenant: None,
+            waves: vec![10, 50, 100],
+            concurrency: 10,
+            max_connections: None,
+            max_pause: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(1),
+            on_drain_timeout: DrainPolicy::Skip,
+            on_failure: FailurePolicy::Abort,
+            circuit_breaker: 3,
+            strategy: Strategy::InPlace,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// What a rollout does with a tenant whose transactions outlast the drain timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainPolicy {
+    /// Resume the tenant untouched; a later run migrates it.
+    Skip,
+    /// Cancel the transactions still running, then migrate.
+    Cancel,
+}
+
+/// What a rollout does after a tenant fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Finish the tenants in flight and start no new ones.
+    Abort,
+    /// Go on with the other tenants (the circuit breaker still applies).
+    Continue,
+}
+
+/// How a migration reaches a tenant's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The migration runs on the live schema, under the tenant's pause.
+    InPlace,
+    /// The migration runs on a copy, swapped in under the pause; the old schema is kept.
+    BlueGreen,
 }
 
 /// `[provisioning]`: what `pgtenant tenant create` does besides the role and schema.

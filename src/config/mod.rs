@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod governance;
+pub mod rollout;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::{CatalogSection as CatalogSettings, TenantSection};
+pub use file::{DrainPolicy, FailurePolicy, Strategy};
 pub use file::{PoolMode, TenantSource, Tier, TlsMode};
 pub use governance::{BudgetSettings, LimitSettings, Rate, TierSettings};
+pub use rollout::RolloutSettings;
 
 use crate::frontend::scram::Verifier;
 use file::{ConfigFile, ProvisioningSection, UserSection};
@@ -70,8 +73,8 @@ pub struct Config {
     pub limits: LimitSettings,
     /// The tenant catalog; when set, `tenants` is what it last held.
     pub catalog: Option<CatalogSettings>,
-    /// Migrations directory, resolved against the file's folder.
-    pub migrations_dir: Option<PathBuf>,
+    /// Migration files and how rollouts run.
+    pub migrations: RolloutSettings,
     /// How new tenants are set up.
     pub provisioning: ProvisioningSettings,
     /// Tenants by name, suspended ones included.
@@ -206,7 +209,7 @@ impl Config {
 
         let catalog = validate_catalog(file.catalog, &file.tenants)?;
         let provisioning = validate_provisioning(&file.provisioning, &proxy, base)?;
-        let migrations_dir = file.migrations.dir.map(|dir| base.join(dir));
+        let migrations = rollout::validate(&file.migrations, &budget, base)?;
 
         let tenants = tenant_map(&file.tenants, &limits, "tenants")?;
         governance::check_fit(&tenants, &budget, &tiers)?;
@@ -218,7 +221,7 @@ impl Config {
             tiers,
             limits,
             catalog,
-            migrations_dir,
+            migrations,
             provisioning,
             tenants,
             file_admins: admins.clone(),

@@ -151,7 +151,7 @@ pub async fn create(config: &Config, request: &CreateRequest) -> Result<Created,
 }
 
 fn read_inputs(config: &Config, request: &CreateRequest) -> Result<Inputs, ControlError> {
-    let migrations = MigrationSet::configured(config.migrations_dir.as_deref())?;
+    let migrations = MigrationSet::configured(config.migrations.dir.as_deref())?;
     if !request.demo_data {
         return Ok(Inputs {
             migrations,

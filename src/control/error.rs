@@ -60,6 +60,41 @@ pub enum ControlError {
         /// The server's error.
         source: tokio_postgres::Error,
     },
+    /// A command-line value is not acceptable, or a dry run found a failure.
+    #[error("{0}")]
+    Flag(String),
+    /// A rollback needs a down step the files do not have.
+    #[error(
+        "tenant {tenant:?}: version {version} has no down step (NNNN_name.down.sql) and no \
+         retained blue/green schema; nothing was rolled back"
+    )]
+    NoDownStep {
+        /// The tenant.
+        tenant: String,
+        /// The version.
+        version: String,
+    },
+    /// A down step failed; the rollback is undone.
+    #[error("down step {} failed for tenant {tenant:?}: {message}", .path.display())]
+    DownFailed {
+        /// The tenant.
+        tenant: String,
+        /// The file.
+        path: PathBuf,
+        /// The server's error.
+        message: String,
+    },
+    /// The tenant could not be paused.
+    #[error("cannot pause tenant {tenant:?}: {message}")]
+    Paused {
+        /// The tenant.
+        tenant: String,
+        /// Why.
+        message: String,
+    },
+    /// Blue/green schemas could not be built, swapped or read.
+    #[error(transparent)]
+    BlueGreen(#[from] super::migrate::bluegreen::BlueGreenError),
     /// A statement failed.
     #[error("cannot {step} for tenant {tenant:?}: {}", describe(.source))]
     Query {

@@ -150,7 +150,7 @@ pub async fn set_tier(config: &Config, name: &str, tier: Option<Tier>) -> Result
 
 /// Applies the pending migrations of `[migrations] dir` to one tenant, all or none.
 pub async fn migrate_tenant(config: &Config, name: &str) -> Result<Vec<Applied>, ControlError> {
-    let set = MigrationSet::configured(config.migrations_dir.as_deref())?;
+    let set = MigrationSet::configured(config.migrations.dir.as_deref())?;
     let mut client = super::open(config).await?;
     let tx = client.transaction().await.map_err(query("begin", name))?;
     let record = lock_tenant(&tx, name).await?;

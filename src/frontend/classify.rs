@@ -147,6 +147,36 @@ pub fn transaction_control(sql: &str) -> Option<String> {
     found
 }
 
+/// Every statement of `sql` as its words, folded as PostgreSQL reads them, with a `.` for
+/// each dot so qualified names stay recognisable; strings, numbers and other punctuation are
+/// left out. For tools that read SQL files (the migration health checks), not the hot path.
+pub fn statement_words(sql: &str) -> Vec<Vec<String>> {
+    let mut lexer = Lexer {
+        sql,
+        bytes: sql.as_bytes(),
+        pos: 0,
+    };
+    let mut statements = Vec::new();
+    let mut words = Vec::new();
+
+    while let Some(token) = lexer.next_token() {
+        match token {
+            Token::Semicolon if !words.is_empty() => statements.push(std::mem::take(&mut words)),
+            Token::Semicolon => {}
+            Token::Word(w) => words.push(w.to_ascii_lowercase()),
+            Token::Quoted(w) => words.push(w.into_owned()),
+            Token::Other if lexer.bytes.get(lexer.pos.wrapping_sub(1)) == Some(&b'.') => {
+                words.push(".".to_owned())
+            }
+            Token::Other => {}
+        }
+    }
+    if !words.is_empty() {
+        statements.push(words);
+    }
+    statements
+}
+
 fn ends_transaction(raw: &RawStatement<'_>) -> bool {
     let word = |i: usize| raw.words.get(i);
     let is = |i: usize, keyword: &str| word(i).is_some_and(|w| w.is(keyword));

@@ -9,7 +9,13 @@
 //! is refused, since the schema would no longer be what the files say.
 
 pub mod bluegreen;
+pub mod dry_run;
+pub mod fingerprint;
+pub mod fleet;
+pub mod health;
+pub mod rollback;
 pub mod source;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,0 +1,140 @@
+//! `[migrations]` validated: where the files are and how a fleet rollout runs.
+//!
+//! The rollout keys are checked when a file loads, like every other key, so `pgtenant check`
+//! catches a bad wave list before a rollout starts. Connections are checked against the
+//! budget's reserve, which is where a rollout draws them from.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{DrainPolicy, FailurePolicy, MigrationsSection, Strategy};
+use super::{BudgetSettings, ConfigError, invalid};
+
+/// Validated `[migrations]`.
+#[derive(Debug, Clone)]
+pub struct RolloutSettings {
+    /// Migrations directory, resolved against the file's folder.
+    pub dir: Option<PathBuf>,
+    /// Tenant migrated alone first and copied by dry runs.
+    pub test_tenant: Option<String>,
+    /// Cumulative percentages of the fleet, ending at 100.
+    pub waves: Vec<u8>,
+    /// Tenants at once.
+    pub concurrency: usize,
+    /// PostgreSQL connections the rollout may hold, control connection included.
+    pub max_connections: usize,
+    /// Pause safety valve.
+    pub max_pause: Duration,
+    /// Time given to transactions in flight.
+    pub drain_timeout: Duration,
+    /// What to do when they outlast it.
+    pub on_drain_timeout: DrainPolicy,
+    /// What to do after a failure.
+    pub on_failure: FailurePolicy,
+    /// Consecutive failures that stop the rollout.
+    pub circuit_breaker: u32,
+    /// In place or blue/green.
+    pub strategy: Strategy,
+    /// Blue/green retention of the previous schema.
+    pub retention: Duration,
+}
+
+/// Checks `[migrations]`; `budget` bounds the connections a rollout may take.
+pub fn validate(
+    section: &MigrationsSection,
+    budget: &BudgetSettings,
+    base: &Path,
+) -> Result<RolloutSettings, ConfigError> {
+    check_waves(&section.waves)?;
+    check_counts(section)?;
+    check_pause(section)?;
+    let max_connections = connections(section, budget)?;
+
+    Ok(RolloutSettings {
+        dir: section.dir.as_ref().map(|dir| base.join(dir)),
+        test_tenant: section.test_tenant.clone(),
+        waves: section.waves.clone(),
+        concurrency: section.concurrency,
+        max_connections,
+        max_pause: section.max_pause,
+        drain_timeout: section.drain_timeout,
+        on_drain_timeout: section.on_drain_timeout,
+        on_failure: section.on_failure,
+        circuit_breaker: section.circuit_breaker,
+        strategy: section.strategy,
+        retention: section.retention,
+    })
+}
+
+/// Waves rise strictly, each within 1–100, and the last reaches 100.
+pub fn check_waves(waves: &[u8]) -> Result<(), ConfigError> {
+    let rising = waves.windows(2).all(|w| w[0] < w[1]);
+    let in_range = waves.iter().all(|w| (1..=100).contains(w));
+    if rising && in_range && waves.last() == Some(&100) {
+        return Ok(());
+    }
+    Err(invalid(
+        "migrations.waves",
+        format!("{waves:?} must rise strictly from 1 to 100 and end at 100, such as [10, 50, 100]"),
+    ))
+}
+
+fn check_counts(section: &MigrationsSection) -> Result<(), ConfigError> {
+    if section.concurrency == 0 {
+        return Err(invalid(
+            "migrations.concurrency",
+            "0 runs nothing; use at least 1",
+        ));
+    }
+    if section.circuit_breaker == 0 {
+        let msg = "0 would stop before the first failure; use at least 1";
+        return Err(invalid("migrations.circuit_breaker", msg));
+    }
+    Ok(())
+}
+
+fn check_pause(section: &MigrationsSection) -> Result<(), ConfigError> {
+    if section.drain_timeout < section.max_pause {
+        return Ok(());
+    }
+    Err(invalid(
+        "migrations.drain_timeout",
+        format!(
+            "{:?} must be shorter than migrations.max_pause ({:?}): draining is part of the pause",
+            section.drain_timeout, section.max_pause
+        ),
+    ))
+}
+
+/// One control connection plus at least one worker, within the reserve.
+fn connections(section: &MigrationsSection, budget: &BudgetSettings) -> Result<usize, ConfigError> {
+    let wanted = section.max_connections.unwrap_or(budget.reserve);
+    if wanted < 2 {
+        let msg = format!("{wanted} is too few: a rollout needs a control connection and a worker");
+        return Err(invalid("migrations.max_connections", msg));
+    }
+    if wanted > budget.reserve {
+        let msg = format!(
+            "{wanted} is more than budget.reserve ({}), which rollouts draw from",
+            budget.reserve
+        );
+        return Err(invalid("migrations.max_connections", msg));
+    }
+    Ok(wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waves must rise to 100.
+    #[test]
+    fn waves_rise_to_one_hundred() {
+        assert!(check_waves(&[10, 50, 100]).is_ok());
+        assert!(check_waves(&[100]).is_ok());
+        assert!(check_waves(&[50, 10, 100]).is_err());
+        assert!(check_waves(&[10, 50]).is_err());
+        assert!(check_waves(&[0, 100]).is_err());
+        assert!(check_waves(&[]).is_err());
+    }
+}
