@@ -106,11 +106,18 @@ fn check_pause(section: &MigrationsSection) -> Result<(), ConfigError> {
     ))
 }
 
-/// One control connection plus at least one worker, within the reserve.
+/// Within the reserve; a value set explicitly must also allow one tenant in flight (a
+/// control connection, a worker and its pause connection). The default, the reserve itself,
+/// is checked when a rollout starts, so a proxy with a tiny reserve still loads.
 fn connections(section: &MigrationsSection, budget: &BudgetSettings) -> Result<usize, ConfigError> {
-    let wanted = section.max_connections.unwrap_or(budget.reserve);
-    if wanted < 2 {
-        let msg = format!("{wanted} is too few: a rollout needs a control connection and a worker");
+    let Some(wanted) = section.max_connections else {
+        return Ok(budget.reserve);
+    };
+    if wanted < MIN_CONNECTIONS {
+        let msg = format!(
+            "{wanted} is too few: a rollout needs {MIN_CONNECTIONS} (a control connection, \
+             a worker and its pause)"
+        );
         return Err(invalid("migrations.max_connections", msg));
     }
     if wanted > budget.reserve {
@@ -122,6 +129,9 @@ fn connections(section: &MigrationsSection, budget: &BudgetSettings) -> Result<u
     }
     Ok(wanted)
 }
+
+/// The fewest connections a rollout can run with.
+pub const MIN_CONNECTIONS: usize = 3;
 
 #[cfg(test)]
 mod tests {

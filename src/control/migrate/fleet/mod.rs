@@ -25,6 +25,7 @@ pub use job::Outcome;
 pub use plan::Wave;
 
 use super::MigrationSet;
+use crate::config::rollout::MIN_CONNECTIONS;
 use crate::config::{Config, FailurePolicy, RolloutSettings};
 use crate::control::{ControlError, TenantRecord, error::query};
 use crate::tenant::catalog::{self, connect_error, describe, field};
@@ -220,6 +221,13 @@ async fn open_workers(
     config: &Config,
     settings: &RolloutSettings,
 ) -> Result<Vec<Client>, ControlError> {
+    if settings.max_connections < MIN_CONNECTIONS {
+        return Err(ControlError::Flag(format!(
+            "a rollout needs {MIN_CONNECTIONS} connections but migrations.max_connections \
+             (default: budget.reserve) allows {}",
+            settings.max_connections
+        )));
+    }
     let count = settings
         .concurrency
         .min(settings.max_connections.saturating_sub(1) / 2)
