@@ -496,7 +496,8 @@ async fn clients_see_no_error_and_no_half_schema() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    setup.ok(&["apply"]).await;
+    let printed = setup.ok(&["apply"]).await;
+    assert!(printed.contains("applied 0003 (paused"), "{printed}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(1, Ordering::Relaxed);
 

@@ -56,6 +56,16 @@ pub async fn rollback(
 ) -> Result<RollbackReport, ControlError> {
     let mut control = crate::control::open(config).await?;
     let record = tenant_record(&control, tenant).await?;
+    let locked = super::fleet::job::try_lock(&control, tenant)
+        .await
+        .map_err(query("take the rollout lock", tenant))?;
+    if !locked {
+        return Err(ControlError::WrongState {
+            tenant: tenant.to_owned(),
+            state: "being migrated".into(),
+            message: "a rollout holds it; try again when it is done",
+        });
+    }
     let applied = applied_versions(&control, tenant).await?;
     let (undo, swap) = match retained_undo(&control, tenant, &applied, to).await? {
         Some(undo) => (undo, true),

@@ -99,36 +99,39 @@ pub async fn run(worker: &mut Client, job: Job<'_>) -> Outcome {
     match try_lock(worker, name).await {
         Ok(true) => {}
         Ok(false) => return Outcome::Skipped("another rollout holds this tenant".into()),
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => {
+            return Outcome::Failed(format!("cannot take the rollout lock: {}", describe(&e)));
+        }
     }
 
     let outcome = run_locked(worker, job).await;
 
     if let Err(error) = unlock(worker, name).await {
+        let error = describe(&error);
         tracing::warn!(tenant = name, %error, "cannot release the rollout lock");
     }
     outcome
 }
 
-async fn try_lock(worker: &Client, tenant: &str) -> Result<bool, JobError> {
+/// Takes the tenant's rollout lock on `worker`'s session; `false` when another holds it.
+pub(crate) async fn try_lock(worker: &Client, tenant: &str) -> Result<bool, tokio_postgres::Error> {
     let row = worker
         .query_one(
             "SELECT pg_try_advisory_lock($1, hashtext($2))",
             &[&ROLLOUT_LOCK, &tenant],
         )
-        .await
-        .map_err(query("take the rollout lock"))?;
-    row.try_get(0).map_err(query("read the rollout lock"))
+        .await?;
+    row.try_get(0)
 }
 
-async fn unlock(worker: &Client, tenant: &str) -> Result<(), JobError> {
+/// Releases the tenant's rollout lock.
+pub(crate) async fn unlock(worker: &Client, tenant: &str) -> Result<(), tokio_postgres::Error> {
     worker
         .execute(
             "SELECT pg_advisory_unlock($1, hashtext($2))",
             &[&ROLLOUT_LOCK, &tenant],
         )
-        .await
-        .map_err(query("release the rollout lock"))?;
+        .await?;
     Ok(())
 }
 
@@ -164,10 +167,27 @@ async fn run_locked(worker: &mut Client, job: Job<'_>) -> Outcome {
     }
 }
 
-/// Pauses the tenant; `Err` with the reason to skip it when it does not drain in time. With
-/// the `cancel` policy, statements of the tenant still running at three quarters of the
-/// drain timeout are cancelled, so the drain can finish within it.
+/// Pauses the tenant; `Err` with the reason to skip it when it does not drain in time. A
+/// pause left by a run that died (this run holds the tenant's rollout lock, so nobody else
+/// is migrating it) is waited out once, up to its expiry.
 async fn pause(job: &Job<'_>) -> Result<Pause, String> {
+    match begin(job).await {
+        Err(PauseError::AlreadyPaused { expires_in, .. })
+            if expires_in <= job.settings.max_pause + STALE_PAUSE_SLACK =>
+        {
+            tokio::time::sleep(expires_in + Duration::from_millis(50)).await;
+            begin(job).await.map_err(|e| e.to_string())
+        }
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// How far past `max_pause` a leftover pause may still expire for [`pause`] to wait for it.
+const STALE_PAUSE_SLACK: Duration = Duration::from_secs(2);
+
+/// One attempt at pausing. With the `cancel` policy, statements of the tenant still running
+/// at three quarters of the drain timeout are cancelled, so the drain can finish within it.
+async fn begin(job: &Job<'_>) -> Result<Pause, PauseError> {
     let tenant = job.tenant.name.as_str();
     let drain_timeout = job.settings.drain_timeout;
     let request = PauseRequest {
@@ -185,7 +205,7 @@ async fn pause(job: &Job<'_>) -> Result<Pause, String> {
             Pause::cancel_in_flight(job.config, tenant).await
         };
         tokio::select! {
-            result = &mut begin => return result.map_err(|e: PauseError| e.to_string()),
+            result = &mut begin => return result,
             cancelled = cancel => {
                 if let Err(error) = cancelled {
                     tracing::warn!(tenant, %error, "cannot cancel the tenant's statements");
@@ -193,7 +213,7 @@ async fn pause(job: &Job<'_>) -> Result<Pause, String> {
             }
         }
     }
-    begin.await.map_err(|e: PauseError| e.to_string())
+    begin.await
 }
 
 async fn resume(pause: Pause, tenant: &str) -> Duration {
