@@ -118,12 +118,17 @@ def read_latencies(prefixes: list[Path]) -> list[tuple[float, float, bool]]:
     rows = []
     for prefix in prefixes:
         for path in prefix.parent.glob(prefix.name + ".*"):
+            # pgbench names its logs <prefix>.<pid>[.<thread>]; skip anything else.
+            if not path.name[len(prefix.name) + 1:].replace(".", "").isdigit():
+                continue
             for line in path.read_text().splitlines():
                 fields = line.split()
-                if len(fields) < 6:
+                if len(fields) < 6 or not (fields[4].isdigit() and fields[5].isdigit()):
                     continue
                 end = int(fields[4]) + int(fields[5]) / 1e6
                 failed = fields[2] in ("failed", "serialization", "deadlock", "skipped")
+                if not failed and not fields[2].isdigit():
+                    continue
                 latency = 0.0 if failed else int(fields[2]) / 1000
                 rows.append((end, latency, failed))
     return rows

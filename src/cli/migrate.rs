@@ -396,7 +396,7 @@ async fn try_dry_run(
         .or(args.tenants.first().map(String::as_str));
     let found = dry_run::dry_run(config, set, tenant).await?;
     println!(
-        "dry run on tenant {} ({}): {} pending",
+        "dry run on tenant {} ({}): {}",
         found.tenant,
         found.on,
         pending_text(

@@ -165,12 +165,14 @@ pub fn rate(
     Ok(Some(Rate { per_second, burst }))
 }
 
-/// The pool a tenant is promised: its own `pool_size`, its pinned tier's size, or else the
-/// cold size (a ranked tenant may always fall to cold; the budget shares the rest).
+/// The connections a tenant is promised: its own `pool_size` or its pinned tier's size. A
+/// ranked tenant is promised none: its pool opens connections on demand, and when the budget
+/// is full an idle connection of another tenant is closed for it, so a fleet of more
+/// tenants than the budget has connections (the usual schema-per-tenant shape) still loads.
 fn smallest_pool(t: &Tenant, tiers: &TierSettings) -> usize {
     t.pool_size
         .or_else(|| t.tier.map(|tier| tiers.sizes.of(tier)))
-        .unwrap_or(tiers.sizes.cold)
+        .unwrap_or(0)
 }
 
 /// The tenants' smallest pools must fit in the budget.
@@ -185,17 +187,12 @@ pub fn check_fit(
     if need > budget.for_tenants() {
         let msg = format!(
             "{} minus reserve {} leaves {} connections, but the {} tenants need at least {} \
-             (their pool_size, pinned tier, or the cold size {})",
+             (their pool_size or pinned tier)",
             budget.max_connections,
             budget.reserve,
             budget.for_tenants(),
             served.len(),
             need,
-            if tiers.dynamic {
-                tiers.sizes.cold
-            } else {
-                tiers.sizes.of(tiers.initial)
-            }
         );
         return Err(invalid("budget.max_connections", msg));
     }

@@ -552,6 +552,19 @@ mod tests {
         assert!(err.to_string().contains("need at least 12"), "{err}");
     }
 
+    /// More ranked tenants than the budget has connections still load: their pools open
+    /// connections on demand and share the budget by eviction.
+    #[test]
+    fn unpinned_tenants_are_promised_nothing() {
+        let mut text = String::from(
+            "[proxy]\ntls = \"disabled\"\n[budget]\nmax_connections = 10\nreserve = 2\n",
+        );
+        for i in 0..50 {
+            text.push_str(&format!("[[tenants]]\nname = \"t{i}\"\n"));
+        }
+        assert!(parse(&text).is_ok());
+    }
+
     #[test]
     fn pinned_tiers_count_at_their_size() {
         let mut text = String::from(

@@ -8,9 +8,8 @@
 //! the failure's message, so a check reads best as "select what is wrong":
 //! `SELECT 'customer ' || id || ' has no name' FROM customers WHERE name = ''`.
 //! Like migration files, a check must be UTF-8 and must not control transactions.
-//!
-//! LIMITATION: checks are read and validated here, but the migrations engine does not run
-//! them yet.
+//! `pgtenant migrate apply` runs them (`migrate::health`); `tenant create` and `tenant
+//! migrate` do not.
 
 use std::path::{Path, PathBuf};
 
