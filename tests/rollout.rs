@@ -584,3 +584,38 @@ async fn plan_and_status_describe_the_fleet() {
     let status = setup.ok(&["status", "--tenant", "rop_00"]).await;
     assert!(status.contains("| 0003 | note | applied |"), "{status}");
 }
+
+/// After a tenant's migration, its proxy does not reuse a backend connection opened before
+/// it (the connection's plans and prepared statements may be stale).
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_from_before_a_migration_are_not_reused() {
+    let proxy = catalog_proxy().await;
+    let setup = Setup::new("rof");
+    let tenants = setup.tenants(1).await;
+    let client = login(&proxy, &tenants[0].1).await;
+    let before = backend_pid(&client).await;
+    assert_eq!(
+        backend_pid(&client).await,
+        before,
+        "an idle backend is reused"
+    );
+
+    setup.write(
+        "0003_note.sql",
+        "ALTER TABLE customers ADD COLUMN note text;",
+    );
+    setup.ok(&["apply"]).await;
+    assert_ne!(
+        backend_pid(&client).await,
+        before,
+        "a new backend after the migration"
+    );
+}
+
+async fn backend_pid(client: &Client) -> i32 {
+    let row = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap();
+    row.get(0)
+}

@@ -19,7 +19,7 @@
 //!
 //! Loops: one timer task per pause, sleeping until the pause's deadline.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,9 @@ enum Opening {
 pub struct PauseGate {
     tenant: String,
     closed: AtomicBool,
+    /// Pauses ended so far; a backend connection opened before the last one may hold plans
+    /// or prepared statements the schema change made stale.
+    ended: AtomicU64,
     state: watch::Sender<GateState>,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -102,6 +105,7 @@ impl PauseGate {
         Arc::new(Self {
             tenant: tenant.to_owned(),
             closed: AtomicBool::new(false),
+            ended: AtomicU64::new(0),
             state: watch::Sender::new(GateState::Open),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -248,6 +252,12 @@ impl PauseGate {
         });
     }
 
+    /// How many pauses of this tenant have ended here. Connections opened under an older
+    /// count are not reused (`TenantPool`), whatever ended the pause: a resume, an expiry.
+    pub fn epoch(&self) -> u64 {
+        self.ended.load(SeqCst)
+    }
+
     /// Opens the gate (the pause's row is gone); false if it was open.
     pub fn resume(&self) -> bool {
         self.open(Opening::Resumed, |_| true)
@@ -267,6 +277,9 @@ impl PauseGate {
         let mut ended = None;
         self.state.send_if_modified(|state| match state {
             GateState::Closed(pause) if applies(pause) => {
+                // Counted before anyone can pass, so no caller reuses a connection from
+                // before the change.
+                self.ended.fetch_add(1, SeqCst);
                 self.closed.store(false, SeqCst);
                 ended = match std::mem::take(state) {
                     GateState::Closed(pause) => Some(pause),

@@ -6,7 +6,9 @@
 //! Idle connections are reused most recently used first and closed past `idle_timeout`;
 //! every open connection also holds a [`Slot`] of the global budget. Before the queue, a
 //! caller passes the tenant's [`PauseGate`], which holds it while a migration pauses the
-//! tenant and counts it in flight until its lease comes back.
+//! tenant and counts it in flight until its lease comes back. A pause means a schema change,
+//! so idle connections opened before the tenant's last pause ended are closed rather than
+//! reused: their plans and prepared statements may be stale.
 //! Invariant: a connection is either idle here or owned by exactly one [`Lease`], and the
 //! pool's open connections never exceed its size once leases come back.
 
@@ -33,6 +35,8 @@ type LoginParamCache = HashMap<Vec<(String, String)>, HashMap<String, String>>;
 struct Opened {
     open: Arc<AtomicUsize>,
     gauge: metrics::Gauge,
+    /// The tenant's pause epoch when the connection opened (see [`PauseGate::epoch`]).
+    epoch: u64,
 }
 
 impl Drop for Opened {
@@ -195,6 +199,7 @@ impl TenantPool {
         Opened {
             open: self.open.clone(),
             gauge: self.metrics.backends.clone(),
+            epoch: self.gate.epoch(),
         }
     }
 
@@ -256,6 +261,13 @@ impl TenantPool {
         loop {
             let idle = self.idle.lock().ok()?.pop_back()?;
             self.metrics.idle.decrement(1.0);
+            if idle.opened.epoch != self.gate.epoch() {
+                tracing::debug!(
+                    backend = idle.conn.id,
+                    "idle backend connection predates a schema change; closed"
+                );
+                continue;
+            }
             if idle.conn.looks_healthy() {
                 return Some(idle);
             }

@@ -7,8 +7,8 @@
 //!   one alone by default), newest first, in one transaction. A version without a down step
 //!   refuses the whole rollback before anything runs.
 //!
-//! Either way the versions are recorded as `rolled_back` (so a later `apply` runs them again)
-//! and the tenant's generation is bumped so proxies replace its backend connections.
+//! Either way the versions are recorded as `rolled_back` (so a later `apply` runs them again),
+//! and when the pause ends proxies stop reusing the tenant's older backend connections.
 
 use std::time::{Duration, Instant};
 
@@ -290,13 +290,6 @@ async fn mark_rolled_back(
     )
     .await
     .map_err(query("record the rollback", tenant))?;
-    tx.execute(
-        "UPDATE pgtenant.tenants SET generation = generation + 1, updated_at = now() \
-         WHERE name = $1",
-        &[&tenant],
-    )
-    .await
-    .map_err(query("bump the tenant's generation", tenant))?;
     Ok(())
 }
 

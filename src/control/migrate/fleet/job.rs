@@ -9,10 +9,13 @@
 //! 4. The tenant is paused at every proxy and its transactions drained (`control::pause`).
 //! 5. One transaction with `lock_timeout` and `statement_timeout` set to what is left of the
 //!    pause budget: the migrations (in place, or on a copy swapped in for blue/green), the
-//!    health checks, the checkpoint rows with fingerprints, and a bump of the tenant's
-//!    generation, which makes every proxy replace the tenant's backend connections (their
-//!    plans and prepared statements may be stale). Past `max_pause` it rolls back.
+//!    health checks and the checkpoint rows with fingerprints. Past `max_pause` it rolls back.
 //! 6. Resume, always; then the rows say `failed` with the error, or `pending` when skipped.
+//!    When the pause ends, every proxy stops reusing the tenant's backend connections opened
+//!    before it (their plans and prepared statements may be stale; `pool::pause`), without a
+//!    catalog reload: bumping `tenants.generation` instead would make every proxy reload
+//!    the whole catalog once per tenant, which with a thousand tenants is most of the
+//!    rollout's cost at the proxies.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -370,8 +373,7 @@ async fn check(
     Ok(after)
 }
 
-/// Fingerprints on the applied rows, and the generation bump that tells every proxy to
-/// replace the tenant's backend connections.
+/// Fingerprints on the applied rows.
 async fn checkpoint(
     tx: &Transaction<'_>,
     job: &Job<'_>,
@@ -387,14 +389,6 @@ async fn checkpoint(
     )
     .await
     .map_err(query("record the fingerprints"))?;
-
-    tx.execute(
-        "UPDATE pgtenant.tenants SET generation = generation + 1, updated_at = now() \
-         WHERE name = $1",
-        &[&job.tenant.name],
-    )
-    .await
-    .map_err(query("bump the tenant's generation"))?;
     Ok(())
 }
 
