@@ -9,71 +9,17 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, bounded, catalog_file, connect_plain, fleet, sqlstate, wait_until};
+use common::{
+    Proxy, bounded, catalog_file, catalog_proxy, catalog_tenant, connect_plain, fleet, sqlstate,
+    wait_until,
+};
 use pgtenant::config::Config;
 use pgtenant::config::file::UserSection;
 use pgtenant::control::demo::random_secret;
-use pgtenant::control::provision::{self, TenantSpec};
 use tokio_postgres::Client;
 
 /// What a change may take to reach a running proxy.
 const PROPAGATION: Duration = Duration::from_secs(1);
-
-/// A tenant provisioned in PostgreSQL and recorded in the catalog, with login `app`.
-struct CatalogTenant {
-    name: String,
-    password: String,
-}
-
-/// Creates the role and schema of `name`, then its catalog rows in one transaction.
-async fn catalog_tenant(admin: &mut Client, name: &str) -> CatalogTenant {
-    let role_password = random_secret(20);
-    let spec = TenantSpec {
-        name,
-        schema: name,
-        role: name,
-        role_password: &role_password,
-        database: "postgres",
-        connection_limit: 10,
-    };
-    provision::create_tenant(admin, &spec).await.unwrap();
-    pgtenant::tenant::catalog::install(admin).await.unwrap();
-
-    let password = random_secret(16);
-    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-    let tx = admin.transaction().await.unwrap();
-    tx.execute(
-        "INSERT INTO pgtenant.tenants (name, schema_name, role_name, pool_size) \
-         VALUES ($1, $1, $1, 2)",
-        &[&name],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "INSERT INTO pgtenant.role_secrets (tenant, role_password) VALUES ($1, $2)",
-        &[&name, &role_password],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "INSERT INTO pgtenant.credentials (tenant, user_name, verifier) VALUES ($1, 'app', $2)",
-        &[&name, &verifier],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-
-    CatalogTenant {
-        name: name.into(),
-        password,
-    }
-}
-
-/// A catalog-backed proxy.
-async fn catalog_proxy() -> Proxy {
-    let config = Config::from_parsed(catalog_file(), Path::new("/")).unwrap();
-    Proxy::from_config(config).await
-}
 
 /// Logs in through `proxy` as `user` of tenant `database`.
 async fn login(

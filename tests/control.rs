@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Proxy, catalog_file, connect_plain, connect_tls, fleet, pgtenant_bin, sqlstate};
-use pgtenant::config::Config;
+use common::{Proxy, catalog_proxy, connect_plain, connect_tls, fleet, pgtenant_bin, sqlstate};
 use tokio_postgres::Client;
 
 /// How long a proxy may take to hear of a catalog change (the notification path takes ~1 s at
@@ -126,12 +125,6 @@ fn database_url(stdout: &str) -> String {
         .find_map(|l| l.trim().strip_prefix("DATABASE_URL="))
         .unwrap_or_else(|| panic!("no DATABASE_URL in: {stdout}"))
         .to_owned()
-}
-
-/// A proxy that serves the catalog, started before the test changes it.
-async fn catalog_proxy() -> Proxy {
-    let config = Config::from_parsed(catalog_file(), Path::new("/")).unwrap();
-    Proxy::from_config(config).await
 }
 
 /// Logs in with a printed URL as written (`sslmode=require`, so over TLS).

@@ -10,57 +10,17 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Proxy, bounded, catalog_file, connect_plain, fleet, sqlstate, wait_until};
+use common::{
+    Proxy, bounded, catalog_file, catalog_tenant, connect_plain, fleet, sqlstate, wait_until,
+};
 use pgtenant::config::Config;
-use pgtenant::control::demo::random_secret;
 use pgtenant::control::pause::{Pause, PauseError, PauseRequest};
-use pgtenant::control::provision::{self, TenantSpec};
 use pgtenant::tenant::catalog::watch::proxy_name;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// Long enough to be sure a held transaction is held; never an upper bound on anything.
 const HOLD: Duration = Duration::from_millis(500);
-
-/// Creates the role and schema of `name` and its catalog rows; returns the `app` password.
-async fn catalog_tenant(admin: &mut Client, name: &str) -> String {
-    let role_password = random_secret(20);
-    let spec = TenantSpec {
-        name,
-        schema: name,
-        role: name,
-        role_password: &role_password,
-        database: "postgres",
-        connection_limit: 10,
-    };
-    provision::create_tenant(admin, &spec).await.unwrap();
-    pgtenant::tenant::catalog::install(admin).await.unwrap();
-
-    let password = random_secret(16);
-    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-    let tx = admin.transaction().await.unwrap();
-    tx.execute(
-        "INSERT INTO pgtenant.tenants (name, schema_name, role_name, pool_size) \
-         VALUES ($1, $1, $1, 2)",
-        &[&name],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "INSERT INTO pgtenant.role_secrets (tenant, role_password) VALUES ($1, $2)",
-        &[&name, &role_password],
-    )
-    .await
-    .unwrap();
-    tx.execute(
-        "INSERT INTO pgtenant.credentials (tenant, user_name, verifier) VALUES ($1, 'app', $2)",
-        &[&name, &verifier],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    password
-}
 
 fn catalog_config() -> Config {
     Config::from_parsed(catalog_file(), Path::new("/")).unwrap()
@@ -153,8 +113,8 @@ async fn ack_listener() -> (Client, mpsc::UnboundedReceiver<String>) {
 #[tokio::test]
 async fn paused_transaction_waits_then_succeeds() {
     let mut admin = fleet().superuser().await;
-    let paused = catalog_tenant(&mut admin, "pz_wait").await;
-    let other = catalog_tenant(&mut admin, "pz_bystander").await;
+    let paused = catalog_tenant(&mut admin, "pz_wait").await.password;
+    let other = catalog_tenant(&mut admin, "pz_bystander").await.password;
     let proxy = catalog_proxy().await;
     let client = login(&proxy, "pz_wait", &paused).await;
     let bystander = login(&proxy, "pz_bystander", &other).await;
@@ -186,7 +146,7 @@ async fn paused_transaction_waits_then_succeeds() {
 #[tokio::test]
 async fn begin_waits_for_the_transaction_in_flight() {
     let mut admin = fleet().superuser().await;
-    let password = catalog_tenant(&mut admin, "pz_inflight").await;
+    let password = catalog_tenant(&mut admin, "pz_inflight").await.password;
     let proxy = catalog_proxy().await;
     let client = login(&proxy, "pz_inflight", &password).await;
     client
@@ -216,7 +176,7 @@ async fn begin_waits_for_the_transaction_in_flight() {
 #[tokio::test]
 async fn drain_timeout_lifts_the_pause() {
     let mut admin = fleet().superuser().await;
-    let password = catalog_tenant(&mut admin, "pz_timeout").await;
+    let password = catalog_tenant(&mut admin, "pz_timeout").await.password;
     let proxy = catalog_proxy().await;
     let holder = login(&proxy, "pz_timeout", &password).await;
     let other = login(&proxy, "pz_timeout", &password).await;
@@ -260,7 +220,7 @@ async fn drain_timeout_lifts_the_pause() {
 #[tokio::test]
 async fn cancel_in_flight_lets_the_pause_drain() {
     let mut admin = fleet().superuser().await;
-    let password = catalog_tenant(&mut admin, "pz_cancel").await;
+    let password = catalog_tenant(&mut admin, "pz_cancel").await.password;
     let proxy = catalog_proxy().await;
     let client = login(&proxy, "pz_cancel", &password).await;
     let sleeper = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(600)").await });
@@ -301,7 +261,7 @@ async fn cancel_in_flight_lets_the_pause_drain() {
 #[tokio::test]
 async fn expired_pause_opens_the_gate() {
     let mut admin = fleet().superuser().await;
-    let password = catalog_tenant(&mut admin, "pz_expiry").await;
+    let password = catalog_tenant(&mut admin, "pz_expiry").await.password;
     let mut file = catalog_file();
     if let Some(catalog) = file.catalog.as_mut() {
         catalog.reload_interval = Duration::from_millis(300);
@@ -356,7 +316,7 @@ async fn expired_pause_opens_the_gate() {
 #[tokio::test]
 async fn new_generation_retires_the_pool() {
     let mut admin = fleet().superuser().await;
-    let password = catalog_tenant(&mut admin, "pz_generation").await;
+    let password = catalog_tenant(&mut admin, "pz_generation").await.password;
     let proxy = catalog_proxy().await;
     let client = login(&proxy, "pz_generation", &password).await;
     let statement = client.prepare("SELECT $1::int + 1").await.unwrap();
@@ -399,7 +359,7 @@ async fn new_generation_retires_the_pool() {
 #[tokio::test]
 async fn held_transaction_runs_on_the_new_generation() {
     let mut admin = fleet().superuser().await;
-    let password = catalog_tenant(&mut admin, "pz_migrate").await;
+    let password = catalog_tenant(&mut admin, "pz_migrate").await.password;
     let proxy = catalog_proxy().await;
     let client = login(&proxy, "pz_migrate", &password).await;
     let statement = client
@@ -440,7 +400,7 @@ async fn held_transaction_runs_on_the_new_generation() {
 #[tokio::test]
 async fn every_proxy_acknowledges() {
     let mut admin = fleet().superuser().await;
-    let password = catalog_tenant(&mut admin, "pz_fleet").await;
+    let password = catalog_tenant(&mut admin, "pz_fleet").await.password;
     let (one, two) = (catalog_proxy().await, catalog_proxy().await);
     let via_one = login(&one, "pz_fleet", &password).await;
     let via_two = login(&two, "pz_fleet", &password).await;

@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Proxy, bounded, catalog_file, connect_tls, fleet, pgtenant_bin};
+use common::{Proxy, bounded, catalog_proxy, connect_tls, fleet, pgtenant_bin};
 use pgtenant::config::{Config, PoolMode};
 use pgtenant::control::create::{self, CreateRequest};
 use tokio_postgres::Client;
@@ -120,12 +120,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// A catalog-backed proxy in this test's runtime.
-async fn catalog_proxy() -> Proxy {
-    let config = Config::from_parsed(catalog_file(), Path::new("/")).unwrap();
-    Proxy::from_config(config).await
 }
 
 /// `status` of `tenant`'s `version` in the catalog, `none` without a row.

@@ -231,6 +231,66 @@ pub fn catalog_file() -> ConfigFile {
     }
 }
 
+/// A tenant provisioned in PostgreSQL and recorded in the catalog, with login `app`.
+pub struct CatalogTenant {
+    /// Tenant, schema and role name.
+    pub name: String,
+    /// The `app` login's password.
+    pub password: String,
+}
+
+/// Creates the role and schema of `name`, then its catalog rows in one transaction.
+pub async fn catalog_tenant(admin: &mut Client, name: &str) -> CatalogTenant {
+    let role_password = pgtenant::control::demo::random_secret(20);
+    let spec = pgtenant::control::provision::TenantSpec {
+        name,
+        schema: name,
+        role: name,
+        role_password: &role_password,
+        database: "postgres",
+        connection_limit: 10,
+    };
+    pgtenant::control::provision::create_tenant(admin, &spec)
+        .await
+        .unwrap();
+    pgtenant::tenant::catalog::install(admin).await.unwrap();
+
+    let password = pgtenant::control::demo::random_secret(16);
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let tx = admin.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO pgtenant.tenants (name, schema_name, role_name, pool_size) \
+         VALUES ($1, $1, $1, 2)",
+        &[&name],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "INSERT INTO pgtenant.role_secrets (tenant, role_password) VALUES ($1, $2)",
+        &[&name, &role_password],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "INSERT INTO pgtenant.credentials (tenant, user_name, verifier) VALUES ($1, 'app', $2)",
+        &[&name, &verifier],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    CatalogTenant {
+        name: name.into(),
+        password,
+    }
+}
+
+/// A proxy serving the catalog of [`catalog_file`], as `pgtenant serve` would.
+pub async fn catalog_proxy() -> Proxy {
+    let config = Config::from_parsed(catalog_file(), Path::new("/")).expect("valid config");
+    Proxy::from_config(config).await
+}
+
 /// A proxy running inside the test's runtime.
 pub struct Proxy {
     /// Where it listens.
