@@ -1,8 +1,9 @@
 //! `pgtenant migrate apply --dry-run`: the pending migrations applied to a scratch copy of
 //! the test tenant's schema, checked, and rolled back.
 //!
-//! The copy (`bluegreen::build_next`) lives only inside the dry run's transaction, so the
-//! live schema is read but never locked for writing, and nothing is left behind. A schema the
+//! The copy (`bluegreen::build_next`) lives only inside the dry run's transaction, so nothing
+//! is left behind; while it is made, the test tenant's writers wait (the copy holds `SHARE`
+//! locks on the live tables until the rollback), which is why it runs on a test tenant. A schema the
 //! copy refuses is reported with the reasons; then the dry run applies to the live schema
 //! itself, inside the same never-committed transaction, with a 1 s `lock_timeout` so it
 //! never holds up the tenant's traffic for long.
