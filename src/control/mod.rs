@@ -20,7 +20,7 @@ pub mod pause;
 pub mod provision;
 pub mod remove;
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 pub use error::ControlError;
 
@@ -70,25 +70,47 @@ pub struct TenantRecord {
     pub state: String,
 }
 
+/// The columns [`TenantRecord::from_row`] reads, in its order.
+pub const TENANT_RECORD_COLUMNS: &str = "name, schema_name, role_name, state";
+
+impl TenantRecord {
+    /// A record from a row that starts with [`TENANT_RECORD_COLUMNS`].
+    pub fn from_row(row: &tokio_postgres::Row, owner: &str) -> Result<Self, ControlError> {
+        Ok(Self {
+            name: catalog::field(row, 0, owner)?,
+            schema: catalog::field(row, 1, owner)?,
+            role: catalog::field(row, 2, owner)?,
+            state: catalog::field(row, 3, owner)?,
+        })
+    }
+}
+
 /// Reads and row-locks the tenant `name` in `tx`; an unknown name is an error.
 pub async fn lock_tenant(tx: &Transaction<'_>, name: &str) -> Result<TenantRecord, ControlError> {
-    let row = tx
-        .query_opt(
-            "SELECT name, schema_name, role_name, state FROM pgtenant.tenants \
-             WHERE name = $1 FOR UPDATE",
-            &[&name],
-        )
+    read_tenant(tx, name, "FOR UPDATE").await
+}
+
+/// Reads the tenant `name` without locking it; an unknown name is an error.
+pub async fn find_tenant(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<TenantRecord, ControlError> {
+    read_tenant(client, name, "").await
+}
+
+async fn read_tenant(
+    client: &impl GenericClient,
+    name: &str,
+    lock: &str,
+) -> Result<TenantRecord, ControlError> {
+    let sql =
+        format!("SELECT {TENANT_RECORD_COLUMNS} FROM pgtenant.tenants WHERE name = $1 {lock}");
+    let row = client
+        .query_opt(&sql, &[&name])
         .await
         .map_err(query("read the tenant", name))?
         .ok_or_else(|| ControlError::UnknownTenant(name.to_owned()))?;
-
-    let owner = format!("tenant {name:?}");
-    Ok(TenantRecord {
-        name: catalog::field(&row, 0, &owner)?,
-        schema: catalog::field(&row, 1, &owner)?,
-        role: catalog::field(&row, 2, &owner)?,
-        state: catalog::field(&row, 3, &owner)?,
-    })
+    TenantRecord::from_row(&row, &format!("tenant {name:?}"))
 }
 
 /// Writes a CLI audit row for `action` on `tenant`.
@@ -110,7 +132,7 @@ pub async fn audit_cli(
 }
 
 /// Refuses to change an archived tenant.
-fn refuse_archived(record: &TenantRecord) -> Result<(), ControlError> {
+pub(crate) fn refuse_archived(record: &TenantRecord) -> Result<(), ControlError> {
     if record.state != "archived" {
         return Ok(());
     }

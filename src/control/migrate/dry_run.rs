@@ -139,13 +139,7 @@ async fn apply_and_check(
         .await
         .map_err(fingerprint)?;
 
-    let mut expected = health::Expected::default();
-    for text in sql {
-        let found = health::expected(text, live_schema);
-        expected.relations.extend(found.relations);
-        expected.columns.extend(found.columns);
-        expected.has_ddl |= found.has_ddl;
-    }
+    let expected = health::expected(sql.iter().map(String::as_str), live_schema);
     health::built_in(tx, on.schema, &expected, &before, &after)
         .await
         .map_err(|e| e.to_string())?;

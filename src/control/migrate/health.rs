@@ -68,10 +68,11 @@ pub struct Expected {
     pub has_ddl: bool,
 }
 
-/// Reads what `sql` creates in `schema`.
-pub fn expected(sql: &str, schema: &str) -> Expected {
+/// Reads what the files `sqls` together create in `schema`.
+pub fn expected<'a>(sqls: impl IntoIterator<Item = &'a str>, schema: &str) -> Expected {
     let mut found = Expected::default();
-    for words in statement_words(sql) {
+    let statements = sqls.into_iter().flat_map(statement_words);
+    for words in statements {
         found.has_ddl |= is_ddl(&words);
         if let Some(name) = created_relation(&words).and_then(|n| local_name(n, schema)) {
             found.relations.push(name.to_owned());
@@ -308,7 +309,7 @@ mod tests {
                    ALTER TABLE acme.orders ADD COLUMN note text, ADD total int,
                        ADD CONSTRAINT c CHECK (total > 0);
                    CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ CREATE TABLE x $$;";
-        let found = expected(sql, "acme");
+        let found = expected([sql], "acme");
 
         assert_eq!(found.relations, ["orders", "orders_id", "v"]);
         assert_eq!(
@@ -324,7 +325,7 @@ mod tests {
     /// Data-only migrations are not DDL, so an unchanged fingerprint is fine for them.
     #[test]
     fn data_only_sql_is_not_ddl() {
-        let found = expected("INSERT INTO t VALUES (1); UPDATE t SET x = 2;", "acme");
+        let found = expected(["INSERT INTO t VALUES (1);", "UPDATE t SET x = 2;"], "acme");
         assert!(!found.has_ddl);
         assert!(found.relations.is_empty());
     }

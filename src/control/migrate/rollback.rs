@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Transaction};
 
+use super::fleet::job::{self, Job};
+use super::source::version_number;
 use super::{MigrationSet, Target, become_self, become_tenant, bluegreen};
-use crate::config::{Config, RolloutSettings};
-use crate::control::pause::{Pause, PauseRequest};
+use crate::config::Config;
 use crate::control::{ControlError, TenantRecord, error::query};
 use crate::tenant::catalog::{describe, field};
 
@@ -55,7 +56,8 @@ pub async fn rollback(
     actor: &str,
 ) -> Result<RollbackReport, ControlError> {
     let mut control = crate::control::open(config).await?;
-    let record = tenant_record(&control, tenant).await?;
+    let record = crate::control::find_tenant(&control, tenant).await?;
+    crate::control::refuse_archived(&record)?;
     let locked = super::fleet::job::try_lock(&control, tenant)
         .await
         .map_err(query("take the rollout lock", tenant))?;
@@ -75,7 +77,19 @@ pub async fn rollback(
         refuse_missing_down(set, &undo, tenant)?;
     }
 
-    let pause = pause(config, &record, &config.migrations, actor).await?;
+    let job = Job {
+        config,
+        tenant: &record,
+        set,
+        settings: &config.migrations,
+        actor,
+    };
+    let pause = job::pause(&job)
+        .await
+        .map_err(|message| ControlError::Paused {
+            tenant: record.name.clone(),
+            message,
+        })?;
     let result = undo_paused(&mut control, &record, set, &undo, swap, pause.paused_at()).await;
     let paused = pause.paused_at().elapsed();
     if let Err(error) = pause.resume().await {
@@ -85,14 +99,6 @@ pub async fn rollback(
         done: result?,
         paused,
     })
-}
-
-async fn tenant_record(control: &Client, tenant: &str) -> Result<TenantRecord, ControlError> {
-    let tenants = super::fleet::list_tenants(control).await?;
-    tenants
-        .into_iter()
-        .find(|t| t.name == tenant)
-        .ok_or_else(|| ControlError::UnknownTenant(tenant.to_owned()))
 }
 
 /// Applied versions, oldest first by number.
@@ -108,7 +114,7 @@ async fn applied_versions(control: &Client, tenant: &str) -> Result<Vec<String>,
         .iter()
         .map(|row| field(row, 0, "applied migration row"))
         .collect::<Result<Vec<String>, _>>()?;
-    versions.sort_by_key(|v| v.parse::<u128>().unwrap_or(u128::MAX));
+    versions.sort_by_key(|v| version_number(v));
     Ok(versions)
 }
 
@@ -155,12 +161,11 @@ fn versions_to_undo(
     to: Option<&str>,
     tenant: &str,
 ) -> Result<Vec<String>, ControlError> {
-    let number = |v: &str| v.parse::<u128>().unwrap_or(u128::MAX);
     let undo: Vec<String> = match to {
         Some(to) => applied
             .iter()
             .rev()
-            .filter(|v| number(v) > number(to))
+            .filter(|v| version_number(v) > version_number(to))
             .cloned()
             .collect(),
         None => applied.last().cloned().into_iter().collect(),
@@ -190,26 +195,6 @@ fn refuse_missing_down(
         }
     }
     Ok(())
-}
-
-async fn pause(
-    config: &Config,
-    record: &TenantRecord,
-    settings: &RolloutSettings,
-    actor: &str,
-) -> Result<Pause, ControlError> {
-    let request = PauseRequest {
-        tenant: &record.name,
-        requested_by: actor,
-        max_pause: settings.max_pause,
-        drain_timeout: settings.drain_timeout,
-    };
-    Pause::begin(config, &request)
-        .await
-        .map_err(|e| ControlError::Paused {
-            tenant: record.name.clone(),
-            message: e.to_string(),
-        })
 }
 
 async fn undo_paused(

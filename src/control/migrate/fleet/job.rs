@@ -171,9 +171,10 @@ async fn run_locked(worker: &mut Client, job: Job<'_>) -> Outcome {
 }
 
 /// Pauses the tenant; `Err` with the reason to skip it when it does not drain in time. A
-/// pause left by a run that died (this run holds the tenant's rollout lock, so nobody else
-/// is migrating it) is waited out once, up to its expiry.
-async fn pause(job: &Job<'_>) -> Result<Pause, String> {
+/// pause left by a run that died (the caller holds the tenant's rollout lock, so nobody else
+/// is migrating it) is waited out once, up to its expiry. `migrate rollback` pauses this way
+/// too.
+pub(crate) async fn pause(job: &Job<'_>) -> Result<Pause, String> {
     match begin(job).await {
         Err(PauseError::AlreadyPaused { expires_in, .. })
             if expires_in <= job.settings.max_pause + STALE_PAUSE_SLACK =>
@@ -361,13 +362,8 @@ async fn check(
         .await
         .map_err(query("read the schema fingerprint"))?;
 
-    let mut expected = health::Expected::default();
-    for migration in todo {
-        let found = health::expected(&migration.sql, &job.tenant.schema);
-        expected.relations.extend(found.relations);
-        expected.columns.extend(found.columns);
-        expected.has_ddl |= found.has_ddl;
-    }
+    let sqls = todo.iter().map(|m| m.sql.as_str());
+    let expected = health::expected(sqls, &job.tenant.schema);
     health::built_in(tx, target.schema, &expected, before, &after).await?;
     health::user_checks(tx, target, job.set.checks()).await?;
     Ok(after)

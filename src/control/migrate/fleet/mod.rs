@@ -27,7 +27,7 @@ pub use plan::Wave;
 use super::MigrationSet;
 use crate::config::rollout::MIN_CONNECTIONS;
 use crate::config::{Config, FailurePolicy, RolloutSettings};
-use crate::control::{ControlError, TenantRecord, error::query};
+use crate::control::{ControlError, TENANT_RECORD_COLUMNS, TenantRecord, error::query};
 use crate::tenant::catalog::{self, connect_error, describe, field};
 use breaker::Breaker;
 
@@ -152,25 +152,17 @@ fn refuse_unknown(found: &[TenantRecord], asked: &[String]) -> Result<(), Contro
 
 /// Active and suspended tenants, by name.
 pub async fn list_tenants(control: &Client) -> Result<Vec<TenantRecord>, ControlError> {
+    let sql = format!(
+        "SELECT {TENANT_RECORD_COLUMNS} FROM pgtenant.tenants \
+         WHERE state <> 'archived' ORDER BY name"
+    );
     let rows = control
-        .query(
-            "SELECT name, schema_name, role_name, state FROM pgtenant.tenants \
-             WHERE state <> 'archived' ORDER BY name",
-            &[],
-        )
+        .query(&sql, &[])
         .await
         .map_err(query("list tenants", "*"))?;
 
     rows.iter()
-        .map(|row| {
-            let owner = "tenant row";
-            Ok(TenantRecord {
-                name: field(row, 0, owner)?,
-                schema: field(row, 1, owner)?,
-                role: field(row, 2, owner)?,
-                state: field(row, 3, owner)?,
-            })
-        })
+        .map(|row| TenantRecord::from_row(row, "tenant row"))
         .collect()
 }
 

@@ -100,8 +100,13 @@ pub struct Directory {
 impl Migration {
     /// The version as a number, for ordering and lookup.
     pub fn number(&self) -> u128 {
-        parse_version(&self.version).unwrap_or(u128::MAX)
+        version_number(&self.version)
     }
+}
+
+/// A version's number, for ordering; text that is not a version sorts last.
+pub fn version_number(text: &str) -> u128 {
+    parse_version(text).unwrap_or(u128::MAX)
 }
 
 /// Reads the migrations and checks of `dir`.
