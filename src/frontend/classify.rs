@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use smallvec::SmallVec;
 
 use crate::backend::conn::ItemKind;
+use lexer::{Lexer, Token};
 
 /// What a statement does to session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,11 +152,7 @@ pub fn transaction_control(sql: &str) -> Option<String> {
 /// each dot so qualified names stay recognisable; strings, numbers and other punctuation are
 /// left out. For tools that read SQL files (the migration health checks), not the hot path.
 pub fn statement_words(sql: &str) -> Vec<Vec<String>> {
-    let mut lexer = Lexer {
-        sql,
-        bytes: sql.as_bytes(),
-        pos: 0,
-    };
+    let mut lexer = Lexer::new(sql);
     let mut statements = Vec::new();
     let mut words = Vec::new();
 
@@ -165,9 +162,7 @@ pub fn statement_words(sql: &str) -> Vec<Vec<String>> {
             Token::Semicolon => {}
             Token::Word(w) => words.push(w.to_ascii_lowercase()),
             Token::Quoted(w) => words.push(w.into_owned()),
-            Token::Other if lexer.bytes.get(lexer.pos.wrapping_sub(1)) == Some(&b'.') => {
-                words.push(".".to_owned())
-            }
+            Token::Other if lexer.previous_byte() == Some(b'.') => words.push(".".to_owned()),
             Token::Other => {}
         }
     }
@@ -503,11 +498,7 @@ fn is_interesting(word: &str) -> bool {
 /// word tokens: the first few of each statement and any later one that can matter.
 /// Statements without words (empty ones between semicolons) are skipped.
 fn for_each_statement<'a>(sql: &'a str, mut visit: impl FnMut(&RawStatement<'a>)) {
-    let mut lexer = Lexer {
-        sql,
-        bytes: sql.as_bytes(),
-        pos: 0,
-    };
+    let mut lexer = Lexer::new(sql);
     let mut start = 0;
     let mut words = SmallVec::new();
 
@@ -543,157 +534,7 @@ fn visit_statement<'a>(
     visit(&statement);
 }
 
-enum Token<'a> {
-    /// An unquoted word, as written.
-    Word(&'a str),
-    /// A quoted identifier, case kept.
-    Quoted(Cow<'a, str>),
-    Semicolon,
-    Other,
-}
-
-struct Lexer<'a> {
-    sql: &'a str,
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Lexer<'a> {
-    fn peek(&self, offset: usize) -> u8 {
-        self.bytes.get(self.pos + offset).copied().unwrap_or(0)
-    }
-
-    fn next_token(&mut self) -> Option<Token<'a>> {
-        loop {
-            let c = *self.bytes.get(self.pos)?;
-            match c {
-                b';' => {
-                    self.pos += 1;
-                    return Some(Token::Semicolon);
-                }
-                b'-' if self.peek(1) == b'-' => self.skip_line_comment(),
-                b'/' if self.peek(1) == b'*' => self.skip_block_comment(),
-                b'\'' => {
-                    self.skip_quoted(b'\'', false);
-                    return Some(Token::Other);
-                }
-                b'"' => return Some(self.quoted_identifier()),
-                b'$' if self.dollar_tag().is_some() => {
-                    self.skip_dollar();
-                    return Some(Token::Other);
-                }
-                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                    return Some(self.word());
-                }
-                _ => {
-                    self.pos += 1;
-                    if !c.is_ascii_whitespace() {
-                        return Some(Token::Other);
-                    }
-                }
-            }
-        }
-    }
-
-    fn skip_line_comment(&mut self) {
-        while self.pos < self.bytes.len() && self.bytes[self.pos] != b'\n' {
-            self.pos += 1;
-        }
-    }
-
-    fn skip_block_comment(&mut self) {
-        let mut depth = 0usize;
-        while self.pos < self.bytes.len() {
-            if self.peek(0) == b'/' && self.peek(1) == b'*' {
-                depth += 1;
-                self.pos += 2;
-            } else if self.peek(0) == b'*' && self.peek(1) == b'/' {
-                depth = depth.saturating_sub(1);
-                self.pos += 2;
-                if depth == 0 {
-                    return;
-                }
-            } else {
-                self.pos += 1;
-            }
-        }
-    }
-
-    /// Skips a quoted run starting at the opening quote; doubled quotes stay inside.
-    fn skip_quoted(&mut self, quote: u8, backslash_escapes: bool) {
-        self.pos += 1;
-        while self.pos < self.bytes.len() {
-            let c = self.bytes[self.pos];
-            if backslash_escapes && c == b'\\' {
-                self.pos += 2;
-                continue;
-            }
-            self.pos += 1;
-            if c == quote {
-                if self.peek(0) == quote {
-                    self.pos += 1;
-                    continue;
-                }
-                return;
-            }
-        }
-    }
-
-    fn quoted_identifier(&mut self) -> Token<'a> {
-        let start = self.pos + 1;
-        self.skip_quoted(b'"', false);
-        let end = self.pos.saturating_sub(1).max(start);
-        let name = self.sql.get(start..end).unwrap_or("");
-        if name.contains('"') {
-            return Token::Quoted(name.replace("\"\"", "\"").into());
-        }
-        Token::Quoted(name.into())
-    }
-
-    /// The `$tag$` opening at the current position, if it is one.
-    fn dollar_tag(&self) -> Option<&str> {
-        let rest = self.sql.get(self.pos + 1..)?;
-        let end = rest.find('$')?;
-        let tag = &rest[..end];
-        let valid = tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80)
-            && !tag.starts_with(|c: char| c.is_ascii_digit());
-        valid.then(|| &self.sql[self.pos..self.pos + end + 2])
-    }
-
-    fn skip_dollar(&mut self) {
-        let Some(tag) = self.dollar_tag().map(str::to_owned) else {
-            return;
-        };
-        self.pos += tag.len();
-        match self.sql.get(self.pos..).and_then(|rest| rest.find(&tag)) {
-            Some(at) => self.pos += at + tag.len(),
-            None => self.pos = self.bytes.len(),
-        }
-    }
-
-    fn word(&mut self) -> Token<'a> {
-        let start = self.pos;
-        let escape_string = matches!(self.peek(0), b'e' | b'E') && self.peek(1) == b'\'';
-        if escape_string {
-            self.pos += 1;
-            self.skip_quoted(b'\'', true);
-            return Token::Other;
-        }
-
-        while self.pos < self.bytes.len() {
-            let c = self.bytes[self.pos];
-            let part =
-                c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.' || c >= 0x80;
-            if !part {
-                break;
-            }
-            self.pos += 1;
-        }
-        Token::Word(self.sql.get(start..self.pos).unwrap_or(""))
-    }
-}
+mod lexer;
 
 #[cfg(test)]
 mod tests;
