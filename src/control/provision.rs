@@ -7,6 +7,9 @@
 
 use tokio_postgres::{Client, GenericClient};
 
+/// The transaction-scoped advisory lock that serialises changes to database-wide privileges.
+const PRIVILEGES_LOCK: i64 = 0x7067_7465_6e61_6e76;
+
 /// What to create for one tenant.
 #[derive(Clone, Copy)]
 pub struct TenantSpec<'a> {
@@ -139,6 +142,12 @@ pub async fn create_tenant_steps(
          ALTER SCHEMA {schema} OWNER TO {role}"
     );
     run(client, "create schema", target, &schema_sql).await?;
+
+    // GRANT and REVOKE rewrite the database's (and `public`'s, and pg_notify's) catalog row
+    // in place, and PostgreSQL fails a second transaction doing the same at once with
+    // "tuple concurrently updated" instead of waiting, so creations queue here.
+    let lock_sql = format!("SELECT pg_advisory_xact_lock({PRIVILEGES_LOCK})");
+    run(client, "lock database privileges", target, &lock_sql).await?;
 
     // Notification channels are database-wide: pg_notify() could post to any of them with
     // a computed name, so only the superuser keeps it. (LISTEN and NOTIFY statements need
@@ -434,6 +443,31 @@ mod tests {
             matches!(error, ProvisionError::WrongDatabase { .. }),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_creations_do_not_collide() {
+        let cluster = Cluster::start(ClusterOptions::default()).expect("cluster starts");
+        let mut admins = Vec::new();
+        for _ in 0..8 {
+            admins.push(
+                cluster
+                    .connect_superuser()
+                    .await
+                    .expect("superuser connects"),
+            );
+        }
+
+        let names: Vec<String> = (0..admins.len()).map(|i| format!("par{i}")).collect();
+        let creations = admins
+            .iter()
+            .zip(&names)
+            .map(|(admin, name)| async move { create_tenant(admin, &spec(name, "pw")).await });
+        let outcomes = futures_util::future::join_all(creations).await;
+
+        for (name, outcome) in names.iter().zip(outcomes) {
+            outcome.unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
     }
 
     #[test]
