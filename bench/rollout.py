@@ -105,7 +105,8 @@ def start_load(session: Session, args, urls: list[str]) -> list[tuple[subprocess
 def run_rollout(config: Path, args) -> tuple[float, str, int]:
     """`pgtenant migrate apply`; returns wall seconds, stdout and the exit code."""
     argv = [str(BINARY), "migrate", "apply", "--config", str(config),
-            "--concurrency", str(args.concurrency), "--tenant", "bench_*"]
+            "--concurrency", str(args.concurrency), "--tenant", "bench_*",
+            "--busy-tenants", args.busy_tenants]
     log(f"running: {' '.join(argv)}")
     started = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True,
@@ -152,7 +153,8 @@ def measure(session: Session, args) -> None:
     urls = create_fleet(config, args.tenants, args.create_parallel)
 
     (migrations / f"{args.tables + 1:04d}_add_notes.sql").write_text(MIGRATION)
-    load_urls = [urls[name] for name in sorted(urls)[: args.load_tenants]]
+    args.loaded = sorted(urls)[: args.load_tenants]
+    load_urls = [urls[name] for name in args.loaded]
     loads = start_load(session, args, load_urls)
     time.sleep(args.baseline)
 
@@ -172,12 +174,14 @@ def report(session: Session, args) -> str | None:
     results = getattr(session, "results", None)
     if results is None:
         return None
-    per_tenant, pauses = [], []
+    per_tenant, pauses, loaded_pauses = [], [], []
     for line in results["output"].splitlines():
         match = APPLIED.match(line)
         if match:
             pauses.append(float(match.group(2)))
             per_tenant.append(float(match.group(3)))
+            if match.group(1) in args.loaded:
+                loaded_pauses.append(float(match.group(2)))
     rows = results["rows"]
     before = window(rows, results["started"] - args.baseline, results["started"])
     during = window(rows, results["started"], results["ended"])
@@ -194,7 +198,7 @@ def report(session: Session, args) -> str | None:
         f"# pgtenant fleet rollout, {args.started_at}",
         "",
         f"{args.tenants} tenants × {args.tables} tables; migration: a column and an index on 3 "
-        f"tables; `--concurrency {args.concurrency}`; load: {args.load_tenants} tenants × "
+        f"tables; `--concurrency {args.concurrency} --busy-tenants {args.busy_tenants}`; load: {args.load_tenants} tenants × "
         f"`pgbench -c 2 -R {args.load_rate}` (select + insert) through the proxy. Host "
         f"{platform.node()}, {os.cpu_count()} CPUs, load {args.load_at_start} at start, "
         f"{load_average()} at the end; commit {git_commit()}.",
@@ -208,6 +212,8 @@ def report(session: Session, args) -> str | None:
         f"{percentile(per_tenant, 50) if per_tenant else 0:.1f} / "
         f"{percentile(per_tenant, 95) if per_tenant else 0:.1f} | |",
         f"| longest pause recorded (ms) | {max(pauses, default=0):.1f} | max_pause 2 s |",
+        f"| pauses of the loaded tenants (ms) | "
+        f"{', '.join(f'{p:.0f}' for p in loaded_pauses) or '—'} | |",
         f"| client p99 before / during (ms) | {fmt(before, 'p99')} / {fmt(during, 'p99')} | |",
         f"| client p99 bump (ms) | {bump:.1f} | < {GOAL_BUMP_MS:.0f} ms: {verdict_bump} |",
         f"| client max latency during (ms) | {fmt(during, 'max')} | |",
@@ -240,6 +246,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--load-seconds", type=int, default=90,
                    help="pgbench -T; must outlast the baseline plus the rollout")
     p.add_argument("--baseline", type=float, default=5.0, help="seconds of load alone first")
+    p.add_argument("--busy-tenants", choices=["solo", "shared"], default="solo",
+                   help="migrate apply --busy-tenants")
     p.add_argument("--no-build", action="store_true", help="use the existing release binary")
     p.add_argument("--results-dir", default=str(REPO / "bench" / "results"))
     return p.parse_args(argv)

@@ -613,3 +613,64 @@ async fn backend_pid(client: &Client) -> i32 {
         .unwrap();
     row.get(0)
 }
+
+/// A tenant with live traffic migrates alone and before the rest of its wave (the default
+/// `busy_tenants = "solo"`), so its pause is not stretched by other tenants' migrations;
+/// the quiet tenants still run together.
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_tenant_migrates_alone() {
+    let proxy = catalog_proxy().await;
+    let setup = Setup::new("rob");
+    let tenants = setup.tenants(6).await;
+    setup.write(
+        "0003_slow.sql",
+        "ALTER TABLE customers ADD COLUMN note text; SELECT pg_sleep(1);",
+    );
+
+    let client = login(&proxy, &tenants[3].1).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    setup
+        .ok(&["apply", "--waves", "100", "--concurrency", "6"])
+        .await;
+
+    let spans = migration_spans("rob_%").await;
+    assert_eq!(spans.len(), 6, "every tenant applied");
+    let (_, busy_end) = spans["rob_03"];
+    for (tenant, (start, end)) in &spans {
+        if tenant != "rob_03" {
+            assert!(
+                *start >= busy_end,
+                "{tenant} started during the busy tenant"
+            );
+        }
+        assert!(*end > *start);
+    }
+
+    let quiet: Vec<_> = (spans.iter())
+        .filter(|(tenant, _)| *tenant != "rob_03")
+        .map(|(_, span)| *span)
+        .collect();
+    let overlap = quiet
+        .iter()
+        .enumerate()
+        .any(|(i, (start, end))| quiet[i + 1..].iter().any(|(s, e)| s < end && start < e));
+    assert!(overlap, "the quiet tenants ran one at a time");
+}
+
+/// When each tenant's `0003` started and finished (the SQL itself, as recorded).
+async fn migration_spans(
+    pattern: &str,
+) -> std::collections::HashMap<String, (std::time::SystemTime, std::time::SystemTime)> {
+    let su = fleet().superuser().await;
+    let rows = su
+        .query(
+            "SELECT tenant, started_at, finished_at FROM pgtenant.migrations \
+             WHERE tenant LIKE $1 AND version = '0003' AND status = 'applied'",
+            &[&pattern],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}

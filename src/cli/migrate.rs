@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{Config, DrainPolicy, FailurePolicy, RolloutSettings, Strategy};
+use crate::config::{BusyPolicy, Config, DrainPolicy, FailurePolicy, RolloutSettings, Strategy};
 use crate::control::ControlError;
 use crate::control::migrate::fleet::{self, Options, Outcome, Progress, Report, Wave};
 use crate::control::migrate::{MigrationSet, dry_run, rollback, status};
@@ -50,6 +50,9 @@ pub struct RolloutArgs {
     /// After a failure: `abort` or `continue`.
     #[arg(long, value_enum)]
     pub on_failure: Option<FailurePolicy>,
+    /// Tenants with live traffic: `solo` (each migrates alone) or `shared`.
+    #[arg(long, value_enum)]
+    pub busy_tenants: Option<BusyPolicy>,
     /// When transactions outlast the drain timeout: `skip` or `cancel`.
     #[arg(long, value_enum)]
     pub on_drain_timeout: Option<DrainPolicy>,
@@ -159,6 +162,7 @@ fn override_settings(s: &mut RolloutSettings, args: &RolloutArgs) -> Result<(), 
     s.strategy = args.strategy.unwrap_or(s.strategy);
     s.on_failure = args.on_failure.unwrap_or(s.on_failure);
     s.on_drain_timeout = args.on_drain_timeout.unwrap_or(s.on_drain_timeout);
+    s.busy_tenants = args.busy_tenants.unwrap_or(s.busy_tenants);
     s.circuit_breaker = args.circuit_breaker.unwrap_or(s.circuit_breaker).max(1);
     s.max_pause = args.max_pause.unwrap_or(s.max_pause);
     s.drain_timeout = args.drain_timeout.unwrap_or(s.drain_timeout);

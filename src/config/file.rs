@@ -99,6 +99,9 @@ pub struct MigrationsSection {
     pub circuit_breaker: u32,
     /// `in-place` (default) or `blue-green`.
     pub strategy: Strategy,
+    /// `solo` (default: a tenant with live traffic migrates while no other tenant does, so
+    /// its pause is not stretched by their work) or `shared` (no special treatment).
+    pub busy_tenants: BusyPolicy,
     /// How long blue/green keeps a tenant's previous schema for `migrate rollback`.
     /// Default `7days`.
     #[serde(with = "humantime_serde")]
@@ -119,6 +122,7 @@ impl Default for MigrationsSection {
             on_failure: FailurePolicy::Abort,
             circuit_breaker: 3,
             strategy: Strategy::InPlace,
+            busy_tenants: BusyPolicy::Solo,
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -142,6 +146,16 @@ pub enum FailurePolicy {
     Abort,
     /// Go on with the other tenants (the circuit breaker still applies).
     Continue,
+}
+
+/// How a rollout schedules tenants that have live traffic when their wave starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BusyPolicy {
+    /// Each busy tenant runs alone, before the wave's other tenants.
+    Solo,
+    /// Busy tenants run alongside the others.
+    Shared,
 }
 
 /// How a migration reaches a tenant's schema.

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use file::{BusyPolicy, DrainPolicy, FailurePolicy, Strategy};
 pub use file::{CatalogSection as CatalogSettings, TenantSection};
-pub use file::{DrainPolicy, FailurePolicy, Strategy};
 pub use file::{PoolMode, TenantSource, Tier, TlsMode};
 pub use governance::{BudgetSettings, LimitSettings, Rate, TierSettings};
 pub use rollout::RolloutSettings;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::file::{DrainPolicy, FailurePolicy, MigrationsSection, Strategy};
+use super::file::{BusyPolicy, DrainPolicy, FailurePolicy, MigrationsSection, Strategy};
 use super::{BudgetSettings, ConfigError, invalid};
 
 /// Validated `[migrations]`.
@@ -35,6 +35,8 @@ pub struct RolloutSettings {
     pub circuit_breaker: u32,
     /// In place or blue/green.
     pub strategy: Strategy,
+    /// Whether tenants with live traffic migrate alone.
+    pub busy_tenants: BusyPolicy,
     /// Blue/green retention of the previous schema.
     pub retention: Duration,
 }
@@ -62,6 +64,7 @@ pub fn validate(
         on_failure: section.on_failure,
         circuit_breaker: section.circuit_breaker,
         strategy: section.strategy,
+        busy_tenants: section.busy_tenants,
         retention: section.retention,
     })
 }

@@ -1,16 +1,18 @@
 //! Fleet rollouts: pending migrations applied to every tenant in waves.
 //!
 //! One run: read the files, list the catalog's tenants (archived ones left out), split them
-//! into waves (`plan`), then run each wave with up to `concurrency` tenants at once, each on a
-//! worker connection of its own (`job`). Connections come from the budget's reserve: one
-//! control connection, plus two per tenant in flight (its worker and its pause's listening
-//! connection), together at most `max_connections`. A wave starts only when the previous one is healthy: with `abort` any
+//! into waves (`plan`), then run each wave: its busy tenants one at a time (`busy`), then the
+//! rest with up to `concurrency` at once, each on a worker connection of its own (`job`).
+//! Connections come from the budget's reserve: one control connection, plus two per tenant
+//! in flight (its worker and its pause's listening connection), together at most
+//! `max_connections`. A wave starts only when the previous one is healthy: with `abort` any
 //! failure stops the rollout once the tenants in flight finish; with `continue` it goes on
 //! until the circuit breaker trips. Everything a run learns is in the catalog, so running
 //! it again continues where it stopped: applied tenants are up to date, failed ones are left
 //! alone unless `retry_failed`.
 
 pub mod breaker;
+pub mod busy;
 pub mod job;
 pub mod plan;
 
@@ -26,7 +28,7 @@ pub use plan::Wave;
 
 use super::MigrationSet;
 use crate::config::rollout::MIN_CONNECTIONS;
-use crate::config::{Config, FailurePolicy, RolloutSettings};
+use crate::config::{BusyPolicy, Config, FailurePolicy, RolloutSettings};
 use crate::control::{ControlError, TENANT_RECORD_COLUMNS, TenantRecord, error::query};
 use crate::tenant::catalog::{self, connect_error, describe, field};
 use breaker::Breaker;
@@ -193,6 +195,7 @@ pub async fn apply(
 
     progress.start(plan.tenants.len(), &plan.waves);
     let mut rollout = Rollout {
+        control,
         config: Arc::new(config.clone()),
         set,
         options: Arc::new(options.clone()),
@@ -248,6 +251,7 @@ async fn open_workers(
 
 /// A rollout in progress.
 struct Rollout {
+    control: Client,
     config: Arc<Config>,
     set: Arc<MigrationSet>,
     options: Arc<Options>,
@@ -273,11 +277,57 @@ impl Rollout {
         }
     }
 
+    /// Runs a wave: with `busy_tenants = "solo"` its busy tenants first, one at a time,
+    /// then the others up to the concurrency.
     async fn run_wave(&mut self, wave: &Wave, progress: &mut dyn Progress) -> WaveReport {
         let started = Instant::now();
-        let mut queue = wave.tenants.iter();
-        let mut running: JoinSet<Finished> = JoinSet::new();
+        let (solo, shared) = self.split_busy(wave).await;
         let mut results = Vec::new();
+
+        self.run_batch(&solo, 1, &mut results, progress).await;
+        self.run_batch(&shared, usize::MAX, &mut results, progress)
+            .await;
+
+        WaveReport {
+            label: wave.label.clone(),
+            results,
+            took: started.elapsed(),
+        }
+    }
+
+    /// The wave's tenants to run alone and those to run together. When activity cannot be
+    /// read, the rollout says so and runs them all together.
+    async fn split_busy(&self, wave: &Wave) -> (Vec<String>, Vec<String>) {
+        if self.options.settings.busy_tenants == BusyPolicy::Shared {
+            return (Vec::new(), wave.tenants.clone());
+        }
+        let records: Vec<&TenantRecord> = (self.plan.tenants.iter())
+            .filter(|t| wave.tenants.contains(&t.name))
+            .collect();
+        let busy = match busy::busy(&self.control, &records).await {
+            Ok(busy) => busy,
+            Err(error) => {
+                tracing::warn!(%error, "cannot tell busy tenants; the wave runs them together");
+                return (Vec::new(), wave.tenants.clone());
+            }
+        };
+        if !busy.is_empty() {
+            tracing::info!(wave = %wave.label, busy = busy.len(), "busy tenants migrate alone");
+        }
+        wave.tenants.iter().cloned().partition(|t| busy.contains(t))
+    }
+
+    /// Runs `names` with at most `limit` at once (and never more than there are workers),
+    /// until all ran or the rollout stops; tenants never started go to `not_started`.
+    async fn run_batch(
+        &mut self,
+        names: &[String],
+        limit: usize,
+        results: &mut Vec<TenantResult>,
+        progress: &mut dyn Progress,
+    ) {
+        let mut queue = names.iter();
+        let mut running: JoinSet<Finished> = JoinSet::new();
 
         loop {
             if self.options.interrupt.load(Ordering::Relaxed) {
@@ -286,7 +336,8 @@ impl Rollout {
                     "interrupted; run `migrate apply` again to go on".into(),
                 );
             }
-            while self.report.stopped.is_none() && !self.workers.is_empty() {
+            while self.report.stopped.is_none() && running.len() < limit && !self.workers.is_empty()
+            {
                 let Some(name) = queue.next() else { break };
                 if let Some(result) = self.spawn(name, &mut running) {
                     progress.tenant(&result.tenant, &result.outcome, result.took);
@@ -307,11 +358,6 @@ impl Rollout {
         }
 
         self.report.not_started.extend(queue.cloned());
-        WaveReport {
-            label: wave.label.clone(),
-            results,
-            took: started.elapsed(),
-        }
     }
 
     /// Starts `name`'s job on a free worker; a tenant that must not run gets its result at
