@@ -354,8 +354,8 @@ async fn auth_failures_are_indistinguishable() {
     assert_eq!(described(&unknown_user), (code, expected));
 }
 
-/// An unknown user gets a full SCRAM exchange with a salt that is stable per user name, so
-/// the salt cannot reveal that the user does not exist.
+/// An unknown user or tenant gets a full SCRAM exchange with a salt that is stable per user
+/// and tenant name, so the salt cannot reveal that either does not exist.
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_user_gets_a_stable_decoy_salt() {
     let proxy = Proxy::start().await;
@@ -369,6 +369,13 @@ async fn unknown_user_gets_a_stable_decoy_salt() {
     assert_eq!(salt("ghost", "acme").await, first);
     assert_ne!(salt("phantom", "acme").await, first);
     assert_eq!(salt("app", "acme").await, salt("app", "acme").await);
+
+    // Unknown tenants must not share one salt, or comparing salts would tell real tenants
+    // (whose salts all differ) from made-up ones.
+    let nosuch = salt("app", "nosuch1").await;
+    assert_eq!(salt("app", "nosuch1").await, nosuch, "stable per tenant");
+    assert_ne!(salt("app", "nosuch2").await, nosuch);
+    assert_ne!(salt("app", "acme").await, nosuch);
 }
 
 /// A client asking for protocol 3.1 is told 3.0 with NegotiateProtocolVersion, then logs in.

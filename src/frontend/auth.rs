@@ -31,15 +31,17 @@ pub enum AuthError {
     Unknown,
 }
 
-/// Runs SCRAM-SHA-256 with the client. `verifier` is `None` for unknown users or tenants.
+/// Runs SCRAM-SHA-256 with the client. `verifier` is `None` for unknown users or tenants;
+/// they get a decoy whose salt is stable per `decoy_seed`, which must name both the user and
+/// the tenant asked for, so that neither an unknown user nor an unknown tenant shows.
 pub async fn authenticate(
     stream: &mut ClientStream,
     verifier: Option<Verifier>,
-    user: &str,
+    decoy_seed: &str,
     decoy_secret: &[u8; 32],
 ) -> Result<(), AuthError> {
     let known = verifier.is_some();
-    let verifier = verifier.unwrap_or_else(|| Verifier::decoy(decoy_secret, user));
+    let verifier = verifier.unwrap_or_else(|| Verifier::decoy(decoy_secret, decoy_seed));
 
     send(stream, Authentication::SASL(vec![MECHANISM.to_owned()])).await?;
 

@@ -44,6 +44,15 @@ pub enum LoginError {
     Io(#[from] std::io::Error),
 }
 
+/// Everything a login names a tenant or user by. An unknown tenant's decoy salt then differs
+/// from every other tenant's, as real tenants' salts do, instead of being the same for all
+/// unknown tenants.
+fn decoy_seed(request: &StartupRequest, server_name: Option<&str>) -> String {
+    let option = request.tenant_option.as_deref().unwrap_or_default();
+    let sni = server_name.unwrap_or_default();
+    format!("{}\0{}\0{sni}\0{option}", request.user, request.database)
+}
+
 /// Authenticates the client and prepares its session.
 pub async fn login(
     shared: &Arc<Shared>,
@@ -60,8 +69,9 @@ pub async fn login(
         },
     };
 
+    let decoy_seed = decoy_seed(&request, stream.server_name());
     if let Err(error) =
-        auth::authenticate(&mut stream, verifier, &request.user, &shared.decoy_secret).await
+        auth::authenticate(&mut stream, verifier, &decoy_seed, &shared.decoy_secret).await
     {
         auth::send_failure(&mut stream, &request.user).await;
         return Err(error.into());

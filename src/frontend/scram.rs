@@ -63,9 +63,10 @@ impl Verifier {
         })
     }
 
-    /// A decoy verifier for unknown users: stable salt per name, keys nobody can match.
-    pub fn decoy(secret: &[u8; 32], user: &str) -> Self {
-        let salt = hmac(secret, user.as_bytes());
+    /// A decoy verifier for unknown users and tenants: a salt that is stable per `seed` (the
+    /// user and the tenant names the login asked for), keys nobody can match.
+    pub fn decoy(secret: &[u8; 32], seed: &str) -> Self {
+        let salt = hmac(secret, seed.as_bytes());
         Self {
             iterations: 4096,
             salt: salt[..16].to_vec(),
