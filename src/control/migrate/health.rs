@@ -82,12 +82,43 @@ pub fn expected<'a>(sqls: impl IntoIterator<Item = &'a str>, schema: &str) -> Ex
     found
 }
 
+/// Whether the statement changes something the fingerprint covers (relations, columns,
+/// defaults, constraints, indexes, views, routines, types). Triggers, policies, row-level
+/// security, owners, privileges and comments are outside it, so a migration made only of
+/// those leaves the fingerprint as it was and must not fail for it.
 fn is_ddl(words: &[String]) -> bool {
-    let first = words.first().map(String::as_str).unwrap_or_default();
-    matches!(
-        first,
-        "create" | "alter" | "drop" | "comment" | "grant" | "revoke"
-    )
+    let verb = words.first().map(String::as_str).unwrap_or_default();
+    if !matches!(verb, "create" | "alter" | "drop") {
+        return false;
+    }
+    let modifiers = [
+        "or",
+        "replace",
+        "unique",
+        "unlogged",
+        "temporary",
+        "temp",
+        "materialized",
+        "recursive",
+    ];
+    let kind = (words[1..].iter())
+        .map(String::as_str)
+        .find(|w| !modifiers.contains(w))
+        .unwrap_or_default();
+    match kind {
+        "table" if verb == "alter" => alters_columns_or_constraints(words),
+        "table" | "index" | "view" | "sequence" | "function" | "procedure" | "type" | "domain" => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `ALTER TABLE` forms that change columns, defaults, constraints or names, as opposed to
+/// `OWNER TO`, `ENABLE ROW LEVEL SECURITY`, `ENABLE TRIGGER`, storage parameters and such.
+fn alters_columns_or_constraints(words: &[String]) -> bool {
+    let changes = ["add", "drop", "rename", "type", "default", "not"];
+    words.iter().any(|w| changes.contains(&w.as_str()))
 }
 
 /// The name in `CREATE [OR REPLACE] [UNIQUE|UNLOGGED|MATERIALIZED] TABLE|INDEX|VIEW|SEQUENCE
@@ -320,6 +351,38 @@ mod tests {
             ]
         );
         assert!(found.has_ddl);
+    }
+
+    /// Statements outside the fingerprint (triggers, policies, privileges, comments, owners)
+    /// do not make a migration count as DDL; changes inside it do.
+    #[test]
+    fn only_fingerprinted_changes_count_as_ddl() {
+        let outside = [
+            "CREATE TRIGGER t BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION f();",
+            "CREATE POLICY p ON orders USING (true);",
+            "ALTER TABLE orders ENABLE ROW LEVEL SECURITY;",
+            "ALTER TABLE orders OWNER TO someone;",
+            "GRANT SELECT ON orders TO reader;",
+            "COMMENT ON TABLE orders IS 'x';",
+            "DROP TRIGGER t ON orders;",
+        ];
+        for sql in outside {
+            assert!(!expected([sql], "acme").has_ddl, "{sql}");
+        }
+
+        let inside = [
+            "ALTER TABLE orders ALTER COLUMN note SET DEFAULT 'x';",
+            "ALTER TABLE orders ALTER COLUMN total TYPE bigint;",
+            "ALTER TABLE orders DROP CONSTRAINT c;",
+            "ALTER TABLE orders RENAME TO purchases;",
+            "DROP TABLE orders;",
+            "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+            "CREATE TYPE mood AS ENUM ('ok');",
+            "DROP INDEX orders_id;",
+        ];
+        for sql in inside {
+            assert!(expected([sql], "acme").has_ddl, "{sql}");
+        }
     }
 
     /// Data-only migrations are not DDL, so an unchanged fingerprint is fine for them.
