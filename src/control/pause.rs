@@ -5,9 +5,8 @@
 //! ```text
 //! let pause = Pause::begin(&config, &PauseRequest { tenant, requested_by, max_pause,
 //!                                                   drain_timeout }).await?;
-//! // one transaction: the schema change and
-//! //   UPDATE pgtenant.tenants SET generation = generation + 1 WHERE name = $1
-//! // committed before the pause is lifted, so every proxy retires the tenant's pools first
+//! // one transaction: the schema change, committed before the pause is lifted; when the
+//! // gate opens, every proxy stops reusing the tenant's connections opened before it
 //! let paused_for = pause.resume().await?;
 //! ```
 //!
