@@ -22,20 +22,30 @@ pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file did not load.
-    #[error("cannot load {path}: {message}")]
+    #[error("{setting}: cannot load {path}: {message}")]
     Load {
+        /// The setting that names the file (`proxy.tls_cert`, `proxy.tls_key`).
+        setting: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
         message: String,
     },
     /// rustls refused the certificate/key pair.
-    #[error("certificate {cert} and key {key} do not form a valid pair: {message}")]
+    #[error("proxy.tls_cert {cert} and proxy.tls_key {key} do not form a valid pair: {message}")]
     Pair {
         /// Certificate file.
         cert: PathBuf,
         /// Key file.
         key: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A generated certificate or key could not be written.
+    #[error("cannot write {path}: {message}")]
+    Write {
+        /// The file.
+        path: PathBuf,
         /// Why.
         message: String,
     },
@@ -46,19 +56,25 @@ pub enum TlsError {
 
 /// Builds the TLS 1.3-only server configuration from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let load_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Load {
-        path: path.to_owned(),
+    let cert_err = |e: &dyn std::fmt::Display| TlsError::Load {
+        setting: "proxy.tls_cert",
+        path: cert.to_owned(),
+        message: e.to_string(),
+    };
+    let key_err = |e: &dyn std::fmt::Display| TlsError::Load {
+        setting: "proxy.tls_key",
+        path: key.to_owned(),
         message: e.to_string(),
     };
 
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| load_err(cert, &e))?
+        .map_err(|e| cert_err(&e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| load_err(cert, &e))?;
+        .map_err(|e| cert_err(&e))?;
     if chain.is_empty() {
-        return Err(load_err(cert, &"no certificate found"));
+        return Err(cert_err(&"no certificate found"));
     }
-    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| load_err(key, &e))?;
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(&e))?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let pair_err = |e: rustls::Error| TlsError::Pair {
@@ -86,7 +102,7 @@ pub fn write_self_signed(dir: &Path, names: &[&str]) -> Result<(PathBuf, PathBuf
     let cert_path = dir.join("pgtenant.crt");
     let key_path = dir.join("pgtenant.key");
     let write = |path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|e| TlsError::Load {
+        std::fs::write(path, text).map_err(|e| TlsError::Write {
             path: path.to_owned(),
             message: e.to_string(),
         })
