@@ -14,6 +14,12 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
 command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
 [ -e /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
+# The driver tests' runtimes: a JVM for pgJDBC, pip for psycopg and asyncpg, npm for
+# node-postgres. Without them those tests skip (saying why) instead of failing.
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
