@@ -106,9 +106,9 @@ impl CancelRegistry {
             .sessions
             .get(&pid)
             .filter(|entry| entry.0 == secret)
-            .and_then(|entry| entry.1.get());
+            .and_then(|entry| Some((entry.1.get()?, entry.1.clone())));
 
-        let Some(key) = target else {
+        let Some((key, slot)) = target else {
             tracing::debug!(
                 pid,
                 "cancel request matches no running transaction; ignored"
@@ -116,17 +116,76 @@ impl CancelRegistry {
             return;
         };
 
-        if let Err(error) = send_cancel(key).await {
-            tracing::warn!(%error, backend_pid = key.pid, "could not forward cancel request");
+        // Connecting takes a while, and meanwhile the transaction may end and its backend go
+        // to another client; the slot is read again just before the request is sent.
+        let still_current = || slot.get() == Some(key);
+        match send_cancel_if(key, still_current).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(pid, "transaction ended before the cancel; dropped"),
+            Err(error) => {
+                tracing::warn!(%error, backend_pid = key.pid, "could not forward cancel request");
+            }
         }
     }
 }
 
 /// Opens a fresh connection to the backend's server and sends a `CancelRequest`.
 pub async fn send_cancel(key: BackendKey) -> std::io::Result<()> {
+    send_cancel_if(key, || true).await.map(|_| ())
+}
+
+/// Like [`send_cancel`], but sends only if `still_current()` holds once the connection is
+/// open; `Ok(false)` when it did not.
+async fn send_cancel_if(
+    key: BackendKey,
+    still_current: impl Fn() -> bool,
+) -> std::io::Result<bool> {
     let mut stream = TcpStream::connect(key.addr).await?;
+    if !still_current() {
+        return Ok(false);
+    }
+
     let mut buf = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
     stream.write_all(&buf).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// What a server receives when a cancel is sent to it with `still_current`'s answer.
+    async fn received(still_current: bool) -> (bool, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let key = BackendKey {
+            addr: listener.local_addr().expect("address"),
+            pid: 42,
+            secret: 7,
+        };
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut bytes = Vec::new();
+            socket.read_to_end(&mut bytes).await.expect("read");
+            bytes
+        });
+
+        let sent = send_cancel_if(key, || still_current).await.expect("send");
+        (sent, server.await.expect("server task"))
+    }
+
+    /// A transaction that ended while the cancel connection opened gets no request.
+    #[tokio::test]
+    async fn cancel_is_dropped_when_the_backend_moved_on() {
+        let (sent, bytes) = received(false).await;
+        assert!(!sent);
+        assert!(bytes.is_empty(), "{bytes:?}");
+
+        let (sent, bytes) = received(true).await;
+        assert!(sent);
+        assert_eq!(bytes.len(), 16, "a CancelRequest is 16 bytes");
+    }
 }
