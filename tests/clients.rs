@@ -874,3 +874,51 @@ async fn idle_pooled_backends_that_died_are_replaced() {
     a.batch_execute("COMMIT").await.unwrap();
     b.batch_execute("COMMIT").await.unwrap();
 }
+
+/// Session state set inside a function is invisible to the proxy, so in transaction mode
+/// the next client on that backend inherits it (a known limitation), unless
+/// `backend.reset_after_transaction` cleans every backend after every transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_after_transaction_clears_state_set_inside_functions() {
+    for reset in [false, true] {
+        let edit = move |file: &mut pgtenant::config::file::ConfigFile| {
+            file.backend.reset_after_transaction = reset;
+        };
+        let proxy = Proxy::with(ProxyOptions {
+            edit: Some(std::sync::Arc::new(edit)),
+            ..ProxyOptions::one_backend()
+        })
+        .await;
+
+        let first = proxy.connect("acme").await;
+        first
+            .batch_execute(
+                "CREATE OR REPLACE FUNCTION acme.quiet_timeout() RETURNS text LANGUAGE sql \
+                 AS $$ SELECT set_config('statement_timeout', '4321', false) $$",
+            )
+            .await
+            .unwrap();
+        first
+            .batch_execute("SELECT acme.quiet_timeout()")
+            .await
+            .unwrap();
+
+        let second = proxy.connect("acme").await;
+        let row = second
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .unwrap();
+        let seen: String = row.get(0);
+        let expected = if reset { "0" } else { "4321ms" };
+        assert_eq!(seen, expected, "reset_after_transaction = {reset}");
+        assert_eq!(
+            second
+                .query_one("SHOW search_path", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0),
+            "acme",
+            "the pinned search_path survives DISCARD ALL"
+        );
+    }
+}

@@ -285,6 +285,11 @@ pub struct BackendSection {
     /// Idle backend connections are closed after this long. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// `DISCARD ALL` on every backend connection after every transaction, so that session
+    /// state the proxy cannot see (set inside functions, procedures or triggers) never
+    /// reaches the next client. Costs a round trip per transaction and re-preparing
+    /// statements. Default `false`. Reload applies.
+    pub reset_after_transaction: bool,
 }
 
 impl Default for BackendSection {
@@ -295,6 +300,7 @@ impl Default for BackendSection {
             database: "postgres".into(),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
+            reset_after_transaction: false,
         }
     }
 }

@@ -134,6 +134,8 @@ pub struct BackendSettings {
     pub connect_timeout: Duration,
     /// Idle connection lifetime.
     pub idle_timeout: Duration,
+    /// `DISCARD ALL` after every transaction.
+    pub reset_after_transaction: bool,
 }
 
 /// One tenant, validated.
@@ -430,6 +432,7 @@ fn validate_backend(b: &file::BackendSection) -> Result<BackendSettings, ConfigE
         database: b.database.clone(),
         connect_timeout: b.connect_timeout,
         idle_timeout: b.idle_timeout,
+        reset_after_transaction: b.reset_after_transaction,
     })
 }
 

@@ -38,6 +38,11 @@ impl Session {
         outcome: Result<Unbind, Fault>,
     ) -> Result<Unbind, SessionError> {
         match outcome {
+            Ok(Unbind::Release) if self.shared.config().backend.reset_after_transaction => {
+                self.count_transaction();
+                self.reset_and_release(lease).await;
+                Ok(Unbind::Release)
+            }
             Ok(Unbind::Release) => {
                 self.release(lease);
                 Ok(Unbind::Release)

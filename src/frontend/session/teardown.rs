@@ -20,17 +20,22 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Session {
     pub(super) fn release(&mut self, mut lease: Lease) {
-        self.cancel.slot.set(None);
+        self.count_transaction();
 
         // Changes during the transaction reached both sides, so the backend is in this
         // client's state, unless a RESET left it at the server default while the client
         // returns to its startup value.
         let in_step = lease.conn.items == self.state.items;
         lease.conn.fingerprint = in_step.then(|| self.state.fingerprint());
-        self.stats.transactions += 1;
-        self.pool.metrics.transactions.increment(1);
         lease.conn.status = b'I';
         self.pool.release(lease);
+    }
+
+    /// A transaction ended cleanly: no more cancels for its backend, and it counts.
+    pub(super) fn count_transaction(&mut self) {
+        self.cancel.slot.set(None);
+        self.stats.transactions += 1;
+        self.pool.metrics.transactions.increment(1);
     }
 
     /// The backend failed: tell the client and end the session.
