@@ -502,6 +502,7 @@ async fn changes_over_the_budget_are_refused() {
     let proxy = catalog_proxy().await;
     let setup = Setup::new(&proxy);
     setup.append_config("[budget]\nmax_connections = 60\nreserve = 10\n[tiers]\nhot = 20\n");
+    let need = "pinned pools would need";
     let leaves = "budget.max_connections 60 minus reserve 10 leaves 50";
     let tier = "SELECT tier FROM pgtenant.tenants WHERE name = $1";
     let state = "SELECT state FROM pgtenant.tenants WHERE name = $1";
@@ -517,8 +518,7 @@ async fn changes_over_the_budget_are_refused() {
     assert_eq!(
         refused,
         format!(
-            "pgtenant: tenant create ctl_fit_big --pool-size 20: pinned pools would need 51 connections, \
-             {leaves}"
+            "pgtenant: tenant create ctl_fit_big --pool-size 20: {need} 51 connections, {leaves}"
         )
     );
     assert_eq!(traces("ctl_fit_big").await, (false, false, false));
@@ -526,9 +526,7 @@ async fn changes_over_the_budget_are_refused() {
     let refused = setup.fails(&["set-tier", "ctl_fit_b", "hot"]).await;
     assert_eq!(
         refused,
-        format!(
-            "pgtenant: tenant set-tier ctl_fit_b hot: pinned pools would need 51 connections, {leaves}"
-        )
+        format!("pgtenant: tenant set-tier ctl_fit_b hot: {need} 51 connections, {leaves}")
     );
     assert_eq!(catalog_text(tier, "ctl_fit_b").await, None);
     let audited = catalog_text(
@@ -551,9 +549,7 @@ async fn changes_over_the_budget_are_refused() {
     let refused = setup.fails(&["resume", "ctl_fit_a"]).await;
     assert_eq!(
         refused,
-        format!(
-            "pgtenant: tenant resume ctl_fit_a: pinned pools would need 71 connections, {leaves}"
-        )
+        format!("pgtenant: tenant resume ctl_fit_a: {need} 71 connections, {leaves}")
     );
     assert_eq!(
         catalog_text(state, "ctl_fit_a").await.as_deref(),

@@ -5,10 +5,10 @@
 //! creations, check the name is free, create the role and schema, write the catalog rows
 //! (refused, for a pinned tier or `pool_size`, if the proxies' budget check would refuse the
 //! catalog they leave; see [`super::fit`]), apply every migration as the tenant, load demo
-//! data, store the client login's verifier and the audit row, and commit. PostgreSQL runs `CREATE ROLE` and `CREATE SCHEMA` inside a
-//! transaction, so any failure, or a crash, leaves no role, schema or row behind, and running
-//! the command again starts from scratch. The commit fires the catalog trigger, and every
-//! proxy serves the tenant within about a second.
+//! data, store the client login's verifier and the audit row, and commit. PostgreSQL runs
+//! `CREATE ROLE` and `CREATE SCHEMA` inside a transaction, so any failure, or a crash, leaves
+//! no role, schema or row behind, and running the command again starts from scratch. The
+//! commit fires the catalog trigger, and every proxy serves the tenant within about a second.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
