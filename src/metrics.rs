@@ -61,7 +61,8 @@ pub fn describe() {
     describe_histogram!(
         POOL_WAIT,
         Unit::Seconds,
-        "Time a client waited for a backend connection, per tenant."
+        "Time a client waited for a backend connection (pool queue and global budget), per \
+         tenant; waits that ended in a 53300 timeout included."
     );
     describe_counter!(LOGINS, Unit::Count, "Login attempts, by result.");
     describe_gauge!(

@@ -17,6 +17,10 @@ use tokio_postgres::Client;
 /// most; the periodic reload is 30 s, so passing within this proves the notification).
 const NOTIFY: Duration = Duration::from_secs(5);
 
+/// Held by tests that pin tiers or pool sizes: the budget check counts every pinned tenant
+/// in the catalog the tests share.
+static PINNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const MIGRATION_1: &str = include_str!("../config/migrations/0001_customers.sql");
 const MIGRATION_2: &str = include_str!("../config/migrations/0002_invoices.sql");
 const DEMO_DATA: &str = include_str!("../config/demo_data.sql");
@@ -63,6 +67,13 @@ impl Setup {
             cluster.host(),
             cluster.port(),
         );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Adds `toml` (whole sections) to the end of the configuration file.
+    fn append_config(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(toml);
         std::fs::write(&self.config, text).unwrap();
     }
 
@@ -458,6 +469,7 @@ async fn rotate_credentials_replaces_the_password() {
 /// `set-tier` pins a tier in the catalog and `auto` clears it; both are audited.
 #[tokio::test(flavor = "multi_thread")]
 async fn set_tier_is_recorded() {
+    let _pinning = PINNING.lock().await;
     let proxy = catalog_proxy().await;
     let setup = Setup::new(&proxy);
     setup.create("ctl_tier").await;
@@ -479,6 +491,76 @@ async fn set_tier_is_recorded() {
     assert!(
         list.lines()
             .any(|l| l.starts_with("ctl_tier ") && l.contains(" auto "))
+    );
+}
+
+/// Changes that would leave the pinned pools over the budget (which proxies refuse as a
+/// whole) are refused by the CLI with the numbers, and change nothing; fitting ones pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_over_the_budget_are_refused() {
+    let _pinning = PINNING.lock().await;
+    let proxy = catalog_proxy().await;
+    let setup = Setup::new(&proxy);
+    setup.append_config("[budget]\nmax_connections = 60\nreserve = 10\n[tiers]\nhot = 20\n");
+    let need = "pinned pools would need";
+    let leaves = "budget.max_connections 60 minus reserve 10 leaves 50";
+    let tier = "SELECT tier FROM pgtenant.tenants WHERE name = $1";
+    let state = "SELECT state FROM pgtenant.tenants WHERE name = $1";
+
+    setup
+        .ok(&["create", "ctl_fit_a", "--pool-size", "31"])
+        .await;
+    setup.ok(&["create", "ctl_fit_b"]).await;
+
+    let refused = setup
+        .fails(&["create", "ctl_fit_big", "--pool-size", "20"])
+        .await;
+    assert_eq!(
+        refused,
+        format!(
+            "pgtenant: tenant create ctl_fit_big --pool-size 20: {need} 51 connections, {leaves}"
+        )
+    );
+    assert_eq!(traces("ctl_fit_big").await, (false, false, false));
+
+    let refused = setup.fails(&["set-tier", "ctl_fit_b", "hot"]).await;
+    assert_eq!(
+        refused,
+        format!("pgtenant: tenant set-tier ctl_fit_b hot: {need} 51 connections, {leaves}")
+    );
+    assert_eq!(catalog_text(tier, "ctl_fit_b").await, None);
+    let audited = catalog_text(
+        "SELECT count(*)::text FROM pgtenant.audit_log \
+         WHERE tenant = $1 AND action = 'tenant.set_tier'",
+        "ctl_fit_b",
+    )
+    .await;
+    assert_eq!(audited.as_deref(), Some("0"));
+
+    setup.ok(&["set-tier", "ctl_fit_b", "cold"]).await;
+    assert_eq!(
+        catalog_text(tier, "ctl_fit_b").await.as_deref(),
+        Some("cold")
+    );
+    setup.ok(&["suspend", "ctl_fit_a"]).await;
+    setup.ok(&["set-tier", "ctl_fit_b", "hot"]).await;
+    setup.ok(&["create", "ctl_fit_c", "--tier", "hot"]).await;
+
+    let refused = setup.fails(&["resume", "ctl_fit_a"]).await;
+    assert_eq!(
+        refused,
+        format!("pgtenant: tenant resume ctl_fit_a: {need} 71 connections, {leaves}")
+    );
+    assert_eq!(
+        catalog_text(state, "ctl_fit_a").await.as_deref(),
+        Some("suspended")
+    );
+    setup.ok(&["set-tier", "ctl_fit_c", "auto"]).await;
+    setup.ok(&["set-tier", "ctl_fit_b", "auto"]).await;
+    setup.ok(&["resume", "ctl_fit_a"]).await;
+    assert_eq!(
+        catalog_text(state, "ctl_fit_a").await.as_deref(),
+        Some("active")
     );
 }
 

@@ -175,26 +175,54 @@ fn smallest_pool(t: &Tenant, tiers: &TierSettings) -> usize {
         .unwrap_or(0)
 }
 
+/// Served tenants whose promised pools exceed what the budget leaves for tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overfull {
+    /// Served (not suspended) tenants.
+    pub tenants: usize,
+    /// Connections their pool_size or pinned tier promises them in all.
+    pub need: usize,
+    /// The budget they had to fit in.
+    pub budget: BudgetSettings,
+}
+
+/// The connections the served tenants are promised in all, or [`Overfull`] when that is
+/// more than the budget leaves for tenants.
+pub fn fit(
+    tenants: &HashMap<String, Arc<Tenant>>,
+    budget: &BudgetSettings,
+    tiers: &TierSettings,
+) -> Result<usize, Overfull> {
+    let served: Vec<&Arc<Tenant>> = tenants.values().filter(|t| !t.suspended).collect();
+    let need: usize = served.iter().map(|t| smallest_pool(t, tiers)).sum();
+
+    if need > budget.for_tenants() {
+        return Err(Overfull {
+            tenants: served.len(),
+            need,
+            budget: *budget,
+        });
+    }
+    Ok(need)
+}
+
 /// The tenants' smallest pools must fit in the budget.
 pub fn check_fit(
     tenants: &HashMap<String, Arc<Tenant>>,
     budget: &BudgetSettings,
     tiers: &TierSettings,
 ) -> Result<(), ConfigError> {
-    let served: Vec<&Arc<Tenant>> = tenants.values().filter(|t| !t.suspended).collect();
-    let need: usize = served.iter().map(|t| smallest_pool(t, tiers)).sum();
-
-    if need > budget.for_tenants() {
-        let msg = format!(
-            "{} minus reserve {} leaves {} connections, but the {} tenants need at least {} \
-             (their pool_size or pinned tier)",
-            budget.max_connections,
-            budget.reserve,
-            budget.for_tenants(),
-            served.len(),
-            need,
-        );
-        return Err(invalid("budget.max_connections", msg));
-    }
-    Ok(())
+    let Err(over) = fit(tenants, budget, tiers) else {
+        return Ok(());
+    };
+    let msg = format!(
+        "{} minus reserve {} leaves {} connections, but the {} tenants need at least {} \
+         (their pool_size or pinned tier)",
+        over.budget.max_connections,
+        over.budget.reserve,
+        over.budget.for_tenants(),
+        over.tenants,
+        over.need,
+    );
+    Err(invalid("budget.max_connections", msg))
 }

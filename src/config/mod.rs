@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use file::{BusyPolicy, DrainPolicy, FailurePolicy, Strategy};
 pub use file::{CatalogSection as CatalogSettings, TenantSection};
 pub use file::{PoolMode, TenantSource, Tier, TlsMode};
-pub use governance::{BudgetSettings, LimitSettings, Rate, TierSettings};
+pub use governance::{BudgetSettings, LimitSettings, Overfull, Rate, TierSettings};
 pub use rollout::RolloutSettings;
 
 use crate::frontend::scram::Verifier;
@@ -57,6 +57,9 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
         message: message.into(),
     }
 }
+
+/// A catalog row refused: the tenant's name and why.
+type Rejected = (String, ConfigError);
 
 /// Validated, ready-to-use configuration.
 #[derive(Debug, Clone)]
@@ -240,15 +243,14 @@ impl Config {
         sections: &[TenantSection],
         admins: &[UserSection],
     ) -> Result<Self, ConfigError> {
-        let mut tenants = HashMap::new();
-        for section in sections {
-            let key = format!("catalog tenant {:?}", section.name);
-            match validate_tenant(&key, section, &self.limits) {
-                Ok(tenant) => {
-                    tenants.insert(tenant.name.clone(), Arc::new(tenant));
-                }
-                Err(error) => self.keep_previous(&mut tenants, &section.name, &error),
-            }
+        let (tenants, rejected) = self.catalog_tenants(sections);
+        for (name, error) in &rejected {
+            tracing::error!(
+                %error,
+                tenant = %name,
+                kept_previous = tenants.contains_key(name),
+                "catalog tenant rejected"
+            );
         }
         governance::check_fit(&tenants, &self.budget, &self.tiers)?;
 
@@ -261,21 +263,38 @@ impl Config {
         })
     }
 
-    fn keep_previous(
+    /// Whether the tenants of a catalog snapshot fit in the budget, judged exactly as
+    /// [`Config::with_tenants`] judges it: the connections they are promised, or by how much
+    /// they are over. A snapshot replaces the tenants wholesale, and a file with `[catalog]`
+    /// may name no tenants of its own, so only the snapshot's tenants count.
+    pub fn catalog_fit(&self, sections: &[TenantSection]) -> Result<usize, Overfull> {
+        let (tenants, _) = self.catalog_tenants(sections);
+        governance::fit(&tenants, &self.budget, &self.tiers)
+    }
+
+    /// The tenants a snapshot's `sections` describe, and the rows refused with why. A
+    /// refused row keeps its tenant's previous definition, if it had one.
+    fn catalog_tenants(
         &self,
-        tenants: &mut HashMap<String, Arc<Tenant>>,
-        name: &str,
-        error: &ConfigError,
-    ) {
-        let previous = self.tenants.get(name).cloned();
-        tracing::error!(
-            %error,
-            kept_previous = previous.is_some(),
-            "catalog tenant rejected"
-        );
-        if let Some(previous) = previous {
-            tenants.insert(name.to_owned(), previous);
+        sections: &[TenantSection],
+    ) -> (HashMap<String, Arc<Tenant>>, Vec<Rejected>) {
+        let mut tenants = HashMap::new();
+        let mut rejected = Vec::new();
+        for section in sections {
+            let key = format!("catalog tenant {:?}", section.name);
+            match validate_tenant(&key, section, &self.limits) {
+                Ok(tenant) => {
+                    tenants.insert(tenant.name.clone(), Arc::new(tenant));
+                }
+                Err(error) => {
+                    if let Some(previous) = self.tenants.get(&section.name) {
+                        tenants.insert(section.name.clone(), previous.clone());
+                    }
+                    rejected.push((section.name.clone(), error));
+                }
+            }
         }
+        (tenants, rejected)
     }
 }
 

@@ -2,12 +2,13 @@
 //!
 //! Order: check the name and read the migration and demo data files (nothing touched yet);
 //! install the catalog; then, in one transaction under an advisory lock that serialises
-//! creations, check the name is free, create the role and schema, write the catalog rows,
-//! apply every migration as the tenant, load demo data, store the client login's verifier and
-//! the audit row, and commit. PostgreSQL runs `CREATE ROLE` and `CREATE SCHEMA` inside a
-//! transaction, so any failure, or a crash, leaves no role, schema or row behind, and running
-//! the command again starts from scratch. The commit fires the catalog trigger, and every
-//! proxy serves the tenant within about a second.
+//! creations, check the name is free, create the role and schema, write the catalog rows
+//! (refused, for a pinned tier or `pool_size`, if the proxies' budget check would refuse the
+//! catalog they leave; see [`super::fit`]), apply every migration as the tenant, load demo
+//! data, store the client login's verifier and the audit row, and commit. PostgreSQL runs
+//! `CREATE ROLE` and `CREATE SCHEMA` inside a transaction, so any failure, or a crash, leaves
+//! no role, schema or row behind, and running the command again starts from scratch. The
+//! commit fires the catalog trigger, and every proxy serves the tenant within about a second.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use tokio_postgres::Transaction;
 
 use super::demo::random_secret;
 use super::error::{ControlError, query};
+use super::fit;
 use super::migrate::{self, Applied, MigrationSet, Target};
 use super::names;
 use super::provision::{self, TenantSpec, quote_ident};
@@ -198,7 +200,7 @@ async fn run_steps(
     role_and_schema(tx, config, name, &secrets.role_password).await?;
     at = steps.done("role+schema", at);
 
-    catalog_rows(tx, request, &secrets.role_password).await?;
+    catalog_rows(tx, config, request, &secrets.role_password).await?;
     at = steps.done("catalog_rows", at);
 
     let actor = audit::cli_actor();
@@ -262,8 +264,10 @@ async fn join_role_unless_superuser(tx: &Transaction<'_>, role: &str) -> Result<
         .map_err(query("grant the tenant role to pgtenant's role", role))
 }
 
+/// The tenant's catalog rows; a pinned tier or pool size is checked against the budget.
 async fn catalog_rows(
     tx: &Transaction<'_>,
+    config: &Config,
     request: &CreateRequest,
     role_password: &str,
 ) -> Result<(), ControlError> {
@@ -272,6 +276,12 @@ async fn catalog_rows(
     let pool_size = request
         .pool_size
         .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+    let pinned = request.tier.is_some() || request.pool_size.is_some();
+    let before = if pinned {
+        Some(fit::before(tx, config, name).await?)
+    } else {
+        None
+    };
 
     tx.execute(
         "INSERT INTO pgtenant.tenants (name, schema_name, role_name, tier, pool_mode, pool_size) \
@@ -285,6 +295,9 @@ async fn catalog_rows(
     )
     .await
     .map_err(query("insert the tenant row", name))?;
+    if let Some(before) = before {
+        fit::after(tx, config, before, create_change(request)).await?;
+    }
 
     tx.execute(
         "INSERT INTO pgtenant.role_secrets (tenant, role_password) VALUES ($1, $2)",
@@ -293,6 +306,18 @@ async fn catalog_rows(
     .await
     .map_err(query("store the role secret", name))?;
     Ok(())
+}
+
+/// The command as the budget error names it, e.g. `create big --pool-size 40`.
+fn create_change(request: &CreateRequest) -> String {
+    let mut change = format!("create {}", request.name);
+    if let Some(tier) = request.tier {
+        change.push_str(&format!(" --tier {}", super::tier_name(tier)));
+    }
+    if let Some(size) = request.pool_size {
+        change.push_str(&format!(" --pool-size {size}"));
+    }
+    change
 }
 
 async fn load_demo_data(

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::migrate::MigrateError;
 use super::names::NameError;
 use super::provision::ProvisionError;
+use crate::config::Overfull;
 use crate::tenant::catalog::{CatalogError, describe};
 
 /// Why a control-plane command failed.
@@ -95,6 +96,22 @@ pub enum ControlError {
     /// Blue/green schemas could not be built, swapped or read.
     #[error(transparent)]
     BlueGreen(#[from] super::migrate::bluegreen::BlueGreenError),
+    /// The change would leave the tenants' pinned pools over the budget, and proxies
+    /// would refuse the catalog.
+    #[error(
+        "tenant {change}: pinned pools would need {} connections, budget.max_connections {} \
+         minus reserve {} leaves {}",
+        .over.need,
+        .over.budget.max_connections,
+        .over.budget.reserve,
+        .over.budget.for_tenants()
+    )]
+    OverBudget {
+        /// The command and its values, e.g. `set-tier big hot`.
+        change: String,
+        /// What the tenants would need, and the budget.
+        over: Overfull,
+    },
     /// A statement failed.
     #[error("cannot {step} for tenant {tenant:?}: {}", describe(.source))]
     Query {

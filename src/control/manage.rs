@@ -1,9 +1,12 @@
 //! Changing an existing tenant: suspend and resume, new credentials, tier, and bringing its
 //! schema up to the migration files. Each command is one transaction that locks the tenant's
 //! catalog row, makes the change, writes the audit row and commits; the catalog trigger then
-//! tells every proxy, which applies the change within about a second.
+//! tells every proxy, which applies the change within about a second. Resuming and pinning a
+//! tier count against the budget, and are refused when the proxies would refuse the catalog
+//! they leave (see [`super::fit`]).
 
 use super::error::{ControlError, query};
+use super::fit;
 use super::migrate::{self, Applied, MigrationSet, Target};
 use super::provision::{quote_ident, quote_literal};
 use super::{audit_cli, demo::random_secret, lock_tenant, refuse_archived, tier_name};
@@ -46,19 +49,18 @@ pub async fn set_suspended(
     if record.state == state {
         return Ok(false);
     }
+    let before = fit::before(&tx, config, name).await?;
     tx.execute(
         "UPDATE pgtenant.tenants SET state = $2, updated_at = now() WHERE name = $1",
         &[&name, &state],
     )
     .await
     .map_err(query("update the tenant state", name))?;
+    let command = if suspended { "suspend" } else { "resume" };
+    fit::after(&tx, config, before, format!("{command} {name}")).await?;
 
-    let action = if suspended {
-        "tenant.suspend"
-    } else {
-        "tenant.resume"
-    };
-    audit_cli(&tx, action, name, None).await?;
+    let action = format!("tenant.{command}");
+    audit_cli(&tx, &action, name, None).await?;
     tx.commit().await.map_err(query("commit", name))?;
     Ok(true)
 }
@@ -135,14 +137,17 @@ pub async fn set_tier(config: &Config, name: &str, tier: Option<Tier>) -> Result
     refuse_archived(&record)?;
 
     let value = tier.map(tier_name);
+    let before = fit::before(&tx, config, name).await?;
     tx.execute(
         "UPDATE pgtenant.tenants SET tier = $2, updated_at = now() WHERE name = $1",
         &[&name, &value],
     )
     .await
     .map_err(query("update the tier", name))?;
+    let label = value.unwrap_or("auto");
+    fit::after(&tx, config, before, format!("set-tier {name} {label}")).await?;
 
-    let detail = format!("tier={}", value.unwrap_or("auto"));
+    let detail = format!("tier={label}");
     audit_cli(&tx, "tenant.set_tier", name, Some(detail)).await?;
     tx.commit().await.map_err(query("commit", name))?;
     Ok(())

@@ -3,7 +3,8 @@
 //!
 //! `create` provisions a tenant in one transaction; `migrate` is the engine that brings a
 //! tenant's schema up to the migration files; `manage` and `remove` change or remove existing
-//! tenants; `inspect` reads them for `tenant list` and `tenant show`; `pause` holds one
+//! tenants; `inspect` reads them for `tenant list` and `tenant show`; `fit` refuses a change
+//! after which the tenants' pinned pools would not fit in the budget; `pause` holds one
 //! tenant's traffic at every proxy for the instant of a schema change. Every change writes its
 //! audit row in the transaction that makes it, and every commit notifies the proxies through
 //! the catalog trigger. `provision` holds the role and schema SQL, `demo` the static demo
@@ -12,6 +13,7 @@
 pub mod create;
 pub mod demo;
 pub mod error;
+pub mod fit;
 pub mod inspect;
 pub mod manage;
 pub mod migrate;

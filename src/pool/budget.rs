@@ -5,8 +5,8 @@
 //! the budget is spent first closes another tenant's idle connection (coldest tier, least
 //! recently used first); if none is idle it waits, re-checking for idle connections to take
 //! every 100 ms. Pools also hand connections back instead of idling them while a tenant
-//! waits for the budget. Crossing 80 % of the budget logs one WARN; falling back under
-//! 70 % re-arms it.
+//! waits for the budget. Crossing 80 % of the budget (the tenants' share, `max_connections -
+//! reserve`, not `max_connections`) logs one WARN; falling back under 70 % re-arms it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};

@@ -8,7 +8,8 @@
 //! caller passes the tenant's [`PauseGate`], which holds it while a migration pauses the
 //! tenant and counts it in flight until its lease comes back. A pause means a schema change,
 //! so idle connections opened before the tenant's last pause ended are closed rather than
-//! reused: their plans and prepared statements may be stale.
+//! reused: their plans and prepared statements may be stale. Every wait for the queue and
+//! the budget is recorded in the tenant's wait histogram, the ones that time out included.
 //! Invariant: a connection is either idle here or owned by exactly one [`Lease`], and the
 //! pool's open connections never exceed its size once leases come back.
 
@@ -74,6 +75,28 @@ impl Drop for Waiting<'_> {
         if let Some(g) = self.gauge {
             g.set(now as f64);
         }
+    }
+}
+
+/// Times one client's wait for a backend, through the pool's queue and the global budget,
+/// and records it however the wait ends: a connection, a `53300` timeout, or a client gone.
+struct WaitTimer<'a> {
+    histogram: &'a metrics::Histogram,
+    started: Instant,
+}
+
+impl<'a> WaitTimer<'a> {
+    fn start(histogram: &'a metrics::Histogram) -> Self {
+        Self {
+            histogram,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for WaitTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.record(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -159,21 +182,23 @@ impl TenantPool {
     }
 
     /// Waits at the pause gate while the tenant is paused, then up to `wait` for a
-    /// connection, reusing an idle one or opening a new one.
+    /// connection, reusing an idle one or opening a new one. The wait for the pool and the
+    /// budget (not the gate, nor the connect) is recorded once, however it ends.
     pub async fn acquire(&self, wait: Duration) -> Result<Lease, PoolError> {
         let in_flight = self.gate.pass().await;
 
-        let started = Instant::now();
-        let deadline = started + wait;
+        let timer = WaitTimer::start(&self.metrics.wait);
+        let deadline = timer.started + wait;
         let permit = self.wait_for_permit(deadline, wait).await?;
-        self.metrics.wait.record(started.elapsed().as_secs_f64());
         let held = Held { permit, in_flight };
 
         if let Some(Idle { conn, slot, opened }) = self.take_idle() {
+            drop(timer);
             return Ok(self.lease(conn, slot, opened, held));
         }
 
         let slot = self.budget_slot(deadline, wait).await?;
+        drop(timer);
         let conn = Box::new(connect(&self.settings, &self.tenant).await?);
         let opened = self.opened(&conn);
         Ok(self.lease(conn, slot, opened, held))
@@ -413,3 +438,6 @@ impl TenantPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

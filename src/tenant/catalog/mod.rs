@@ -14,7 +14,7 @@ pub mod watch;
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, GenericClient, NoTls};
 
 pub use schema::{CHANNEL, PAUSE_ACK_CHANNEL, PAUSE_CHANNEL};
 
@@ -200,8 +200,9 @@ async fn installed_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i32, 
     }
 }
 
-/// Reads every active and suspended tenant with its logins, and the support admins.
-pub async fn load(client: &Client) -> Result<Snapshot, CatalogError> {
+/// Reads every active and suspended tenant with its logins, and the support admins; inside
+/// a transaction, as that transaction sees them.
+pub async fn load(client: &impl GenericClient) -> Result<Snapshot, CatalogError> {
     let mut users = load_credentials(client).await?;
 
     let rows = client
@@ -294,7 +295,7 @@ pub fn parse_tier(text: &str) -> Option<Tier> {
 }
 
 async fn load_credentials(
-    client: &Client,
+    client: &impl GenericClient,
 ) -> Result<HashMap<String, Vec<UserSection>>, CatalogError> {
     let rows = client
         .query(
@@ -317,7 +318,7 @@ async fn load_credentials(
     Ok(users)
 }
 
-async fn load_admins(client: &Client) -> Result<Vec<UserSection>, CatalogError> {
+async fn load_admins(client: &impl GenericClient) -> Result<Vec<UserSection>, CatalogError> {
     let rows = client
         .query(
             "SELECT user_name, verifier FROM pgtenant.admins ORDER BY user_name",
