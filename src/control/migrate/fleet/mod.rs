@@ -240,13 +240,35 @@ async fn open_workers(
                 tracing::debug!(error = %describe(&error), "worker connection ended");
             }
         });
-        client
-            .batch_execute("SET client_min_messages TO warning")
-            .await
-            .map_err(query("set up a worker connection", "*"))?;
+        guard_session(&client, settings.max_pause).await?;
         workers.push(client);
     }
     Ok(workers)
+}
+
+/// How long past `max_pause` a worker's transaction may sit idle before PostgreSQL ends it.
+pub const IDLE_IN_TRANSACTION_MARGIN: Duration = Duration::from_secs(2);
+
+/// Session settings of a connection that runs a tenant's migration or rollback.
+///
+/// The migration transaction holds the tenant's locks and lasts at most `max_pause` (its
+/// lock and statement timeouts are what is left of it), but those timeouts bound statements
+/// only: a runner that stops sending anything mid-transaction (hung, killed with its host,
+/// cut off by the network) would keep the locks until the server's TCP keepalives notice,
+/// two hours by default. `idle_in_transaction_session_timeout` makes the server end such a
+/// session, and release its locks, once it has been idle for longer than the whole pause
+/// could have lasted plus a margin, which is shortly after the proxies' own pause expiry
+/// (`max_pause` + 1 s) has reopened the tenant's gate. A healthy runner is never idle
+/// inside the transaction for more than a few milliseconds.
+pub async fn guard_session(client: &Client, max_pause: Duration) -> Result<(), ControlError> {
+    let idle = (max_pause + IDLE_IN_TRANSACTION_MARGIN).as_millis();
+    let sql = format!(
+        "SET client_min_messages TO warning; SET idle_in_transaction_session_timeout = {idle}"
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(query("set up a worker connection", "*"))
 }
 
 /// A rollout in progress.
