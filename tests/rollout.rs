@@ -189,7 +189,9 @@ async fn login(proxy: &Proxy, url: &str) -> Client {
 }
 
 /// With `continue`, a rollout over 30 tenants applies 28 and leaves the 2 whose data breaks
-/// the migration exactly as they were, recording why.
+/// the migration exactly as they were, recording why. The default waves hold 3, 12 and 15
+/// tenants; `roc_07` is 1 of 12 (8 %) and `roc_21` 1 of 15 (7 %), both within the default
+/// `max_wave_failures` of 10 %, so every wave runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn thirty_tenants_two_bad_ones_left_untouched() {
     let _proxy = catalog_proxy().await;
@@ -209,6 +211,79 @@ async fn thirty_tenants_two_bad_ones_left_untouched() {
         let expected = if bad { "failed" } else { "applied" };
         assert_eq!(status(name, "0003").await, expected, "{name}");
         assert_eq!(has_constraint(name, "name_not_blank").await, !bad, "{name}");
+    }
+}
+
+/// With `continue`, a wave whose failed share passes `max_wave_failures` (default 10 %)
+/// stops the rollout before the next wave, whose tenants are not started; a higher limit
+/// given on the command line lets the next wave run.
+#[tokio::test(flavor = "multi_thread")]
+async fn unhealthy_wave_stops_before_the_next() {
+    let setup = Setup::new("row");
+    setup.tenants(10).await;
+    spoil("row_01").await;
+    setup.write("0003_not_blank.sql", NOT_BLANK);
+
+    let continuing = ["apply", "--on-failure", "continue", "--waves", "50,100"];
+    let out = setup.migrate(&continuing).await;
+    assert!(!out.status.success());
+    let printed = text(&out);
+    let reason = "wave 50% unhealthy: 1 of 5 tenants failed (limit 10%)";
+    assert!(printed.contains(reason), "{printed}");
+    assert!(printed.contains("not started: 5 tenants"), "{printed}");
+
+    for i in 0..5 {
+        let name = format!("row_{i:02}");
+        let expected = if i == 1 { "failed" } else { "applied" };
+        assert_eq!(status(&name, "0003").await, expected, "{name}");
+    }
+    for i in 5..10 {
+        let name = format!("row_{i:02}");
+        assert_eq!(status(&name, "0003").await, "none", "{name} never started");
+    }
+
+    let lenient = [
+        &continuing[..],
+        &["--retry-failed", "--max-wave-failures", "20"],
+    ]
+    .concat();
+    let out = setup.migrate(&lenient).await;
+    assert!(!text(&out).contains("unhealthy"), "{}", text(&out));
+    for i in 5..10 {
+        let name = format!("row_{i:02}");
+        assert_eq!(status(&name, "0003").await, "applied", "{name}");
+    }
+}
+
+/// The test tenant is the canary: when it fails, the rollout stops even with `continue`,
+/// and no other tenant is started.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_test_tenant_stops_a_continue_rollout() {
+    let setup = Setup::new("roq");
+    setup.tenants(4).await;
+    spoil("roq_02").await;
+    setup.write("0003_not_blank.sql", NOT_BLANK);
+
+    let out = setup
+        .migrate(&[
+            "apply",
+            "--on-failure",
+            "continue",
+            "--test-tenant",
+            "roq_02",
+        ])
+        .await;
+    assert!(!out.status.success());
+    let printed = text(&out);
+    assert!(
+        printed.contains("wave test unhealthy: test tenant \"roq_02\" failed"),
+        "{printed}"
+    );
+    assert!(printed.contains("not started: 3 tenants"), "{printed}");
+
+    assert_eq!(status("roq_02", "0003").await, "failed");
+    for other in ["roq_00", "roq_01", "roq_03"] {
+        assert_eq!(status(other, "0003").await, "none", "{other} never started");
     }
 }
 

@@ -59,6 +59,9 @@ pub struct RolloutArgs {
     /// Consecutive failures that stop the rollout.
     #[arg(long)]
     pub circuit_breaker: Option<u32>,
+    /// With `continue`: largest failed share of a wave, in percent, for the next to start.
+    #[arg(long)]
+    pub max_wave_failures: Option<u32>,
     /// Longest pause of a tenant's traffic, such as 2s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_pause: Option<Duration>,
@@ -164,6 +167,11 @@ fn override_settings(s: &mut RolloutSettings, args: &RolloutArgs) -> Result<(), 
     s.on_drain_timeout = args.on_drain_timeout.unwrap_or(s.on_drain_timeout);
     s.busy_tenants = args.busy_tenants.unwrap_or(s.busy_tenants);
     s.circuit_breaker = args.circuit_breaker.unwrap_or(s.circuit_breaker).max(1);
+    if let Some(percent) = args.max_wave_failures {
+        crate::config::rollout::check_max_wave_failures(percent)
+            .map_err(|e| format!("--max-wave-failures: {e}"))?;
+        s.max_wave_failures = percent;
+    }
     s.max_pause = args.max_pause.unwrap_or(s.max_pause);
     s.drain_timeout = args.drain_timeout.unwrap_or(s.drain_timeout);
     if s.drain_timeout >= s.max_pause {

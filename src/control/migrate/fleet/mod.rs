@@ -5,14 +5,16 @@
 //! rest with up to `concurrency` at once, each on a worker connection of its own (`job`).
 //! Connections come from the budget's reserve: one control connection, plus two per tenant
 //! in flight (its worker and its pause's listening connection), together at most
-//! `max_connections`. A wave starts only when the previous one is healthy: with `abort` any
-//! failure stops the rollout once the tenants in flight finish; with `continue` it goes on
-//! until the circuit breaker trips. Everything a run learns is in the catalog, so running
+//! `max_connections`. A wave starts only when the previous one is healthy (`gate`): the
+//! test tenant must succeed whatever the policy; with `abort` any failure stops the rollout
+//! once the tenants in flight finish; with `continue` it goes on until the circuit breaker
+//! trips or a wave's failed share passes `max_wave_failures`. Everything a run learns is in the catalog, so running
 //! it again continues where it stopped: applied tenants are up to date, failed ones are left
 //! alone unless `retry_failed`.
 
 pub mod breaker;
 pub mod busy;
+pub mod gate;
 pub mod job;
 pub mod plan;
 
@@ -288,14 +290,25 @@ type Finished = (TenantResult, Client);
 impl Rollout {
     async fn run(&mut self, progress: &mut dyn Progress) {
         let waves = self.plan.waves.clone();
-        for wave in &waves {
+        for (i, wave) in waves.iter().enumerate() {
             if self.report.stopped.is_some() {
                 self.report.not_started.extend(wave.tenants.iter().cloned());
                 continue;
             }
             progress.wave(wave);
             let report = self.run_wave(wave, progress).await;
+
+            if i + 1 < waves.len() {
+                self.gate(wave, &report.results, progress);
+            }
             self.report.waves.push(report);
+        }
+    }
+
+    /// Stops the rollout when `wave` did not finish healthy enough for the next to start.
+    fn gate(&mut self, wave: &Wave, results: &[TenantResult], progress: &mut dyn Progress) {
+        if let Some(reason) = gate::verdict(wave, results, &self.options.settings) {
+            self.stop(progress, reason);
         }
     }
 
