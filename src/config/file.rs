@@ -105,8 +105,8 @@ pub struct MigrationsSection {
     /// `solo` (default: a tenant with live traffic migrates while no other tenant does, so
     /// its pause is not stretched by their work) or `shared` (no special treatment).
     pub busy_tenants: BusyPolicy,
-    /// How long blue/green keeps a tenant's previous schema for `migrate rollback`.
-    /// Default `7days`.
+    /// How long blue/green keeps a tenant's previous schema for `migrate rollback`; expired
+    /// ones are dropped by `migrate purge` and at the end of `migrate apply`. Default `7days`.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
 }

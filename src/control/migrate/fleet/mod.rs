@@ -137,7 +137,7 @@ pub async fn plan(control: &Client, options: &Options) -> Result<Plan, ControlEr
 }
 
 /// Whether `name` is among `only`'s names and prefixes (everyone when `only` is empty).
-fn selected(name: &str, only: &[String]) -> bool {
+pub(crate) fn selected(name: &str, only: &[String]) -> bool {
     only.is_empty()
         || only.iter().any(|entry| match entry.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
