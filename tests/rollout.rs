@@ -61,6 +61,14 @@ impl Setup {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Adds a key to the `[migrations]` section, the file's last.
+    fn migrations_key(&self, line: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     fn write(&self, file: &str, sql: &str) {
         std::fs::write(self.dir.path().join("migrations").join(file), sql).unwrap();
     }
@@ -96,7 +104,7 @@ impl Setup {
             .arg("--config")
             .arg(&self.config)
             .env("PGTENANT_LOG", "error");
-        if matches!(args.first(), Some(&"apply") | Some(&"plan")) {
+        if matches!(args.first(), Some(&"apply" | &"plan" | &"purge")) {
             command.arg("--tenant").arg(format!("{}_*", self.prefix));
         }
         bounded("pgtenant migrate", command.output()).await.unwrap()
@@ -189,7 +197,9 @@ async fn login(proxy: &Proxy, url: &str) -> Client {
 }
 
 /// With `continue`, a rollout over 30 tenants applies 28 and leaves the 2 whose data breaks
-/// the migration exactly as they were, recording why.
+/// the migration exactly as they were, recording why. The default waves hold 3, 12 and 15
+/// tenants; `roc_07` is 1 of 12 (8 %) and `roc_21` 1 of 15 (7 %), both within the default
+/// `max_wave_failures` of 10 %, so every wave runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn thirty_tenants_two_bad_ones_left_untouched() {
     let _proxy = catalog_proxy().await;
@@ -209,6 +219,79 @@ async fn thirty_tenants_two_bad_ones_left_untouched() {
         let expected = if bad { "failed" } else { "applied" };
         assert_eq!(status(name, "0003").await, expected, "{name}");
         assert_eq!(has_constraint(name, "name_not_blank").await, !bad, "{name}");
+    }
+}
+
+/// With `continue`, a wave whose failed share passes `max_wave_failures` (default 10 %)
+/// stops the rollout before the next wave, whose tenants are not started; a higher limit
+/// given on the command line lets the next wave run.
+#[tokio::test(flavor = "multi_thread")]
+async fn unhealthy_wave_stops_before_the_next() {
+    let setup = Setup::new("row");
+    setup.tenants(10).await;
+    spoil("row_01").await;
+    setup.write("0003_not_blank.sql", NOT_BLANK);
+
+    let continuing = ["apply", "--on-failure", "continue", "--waves", "50,100"];
+    let out = setup.migrate(&continuing).await;
+    assert!(!out.status.success());
+    let printed = text(&out);
+    let reason = "wave 50% unhealthy: 1 of 5 tenants failed (limit 10%)";
+    assert!(printed.contains(reason), "{printed}");
+    assert!(printed.contains("not started: 5 tenants"), "{printed}");
+
+    for i in 0..5 {
+        let name = format!("row_{i:02}");
+        let expected = if i == 1 { "failed" } else { "applied" };
+        assert_eq!(status(&name, "0003").await, expected, "{name}");
+    }
+    for i in 5..10 {
+        let name = format!("row_{i:02}");
+        assert_eq!(status(&name, "0003").await, "none", "{name} never started");
+    }
+
+    let lenient = [
+        &continuing[..],
+        &["--retry-failed", "--max-wave-failures", "20"],
+    ]
+    .concat();
+    let out = setup.migrate(&lenient).await;
+    assert!(!text(&out).contains("unhealthy"), "{}", text(&out));
+    for i in 5..10 {
+        let name = format!("row_{i:02}");
+        assert_eq!(status(&name, "0003").await, "applied", "{name}");
+    }
+}
+
+/// The test tenant is the canary: when it fails, the rollout stops even with `continue`,
+/// and no other tenant is started.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_test_tenant_stops_a_continue_rollout() {
+    let setup = Setup::new("roq");
+    setup.tenants(4).await;
+    spoil("roq_02").await;
+    setup.write("0003_not_blank.sql", NOT_BLANK);
+
+    let out = setup
+        .migrate(&[
+            "apply",
+            "--on-failure",
+            "continue",
+            "--test-tenant",
+            "roq_02",
+        ])
+        .await;
+    assert!(!out.status.success());
+    let printed = text(&out);
+    assert!(
+        printed.contains("wave test unhealthy: test tenant \"roq_02\" failed"),
+        "{printed}"
+    );
+    assert!(printed.contains("not started: 3 tenants"), "{printed}");
+
+    assert_eq!(status("roq_02", "0003").await, "failed");
+    for other in ["roq_00", "roq_01", "roq_03"] {
+        assert_eq!(status(other, "0003").await, "none", "{other} never started");
     }
 }
 
@@ -396,6 +479,110 @@ async fn blue_green_swap_and_rollback() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "kept");
+}
+
+/// Retention of the test's blue/green swaps: short enough to pass within the test, long
+/// enough that the swapping run's own purge, right after the swap, finds nothing expired.
+const SHORT_RETENTION: Duration = Duration::from_secs(3);
+
+/// The schemas retained for `tenant`.
+async fn retained(tenant: &str) -> Vec<String> {
+    let su = fleet().superuser().await;
+    let rows = su
+        .query(
+            "SELECT schema_name FROM pgtenant.retired_schemas WHERE tenant = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+async fn schema_exists(schema: &str) -> bool {
+    let su = fleet().superuser().await;
+    su.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+        &[&schema],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Applies `0003` blue/green to `<prefix>_00` with a short retention and waits until the
+/// retired schema has expired; returns its name.
+async fn expired_swap(setup: &Setup) -> String {
+    let tenant = format!("{}_00", setup.prefix);
+    let retention = humantime::format_duration(SHORT_RETENTION);
+    setup.migrations_key(&format!("retention = \"{retention}\""));
+    setup.tenants(1).await;
+    setup.write(
+        "0003_note.sql",
+        "ALTER TABLE customers ADD COLUMN note text;",
+    );
+
+    let printed = setup.ok(&["apply", "--strategy", "blue-green"]).await;
+    assert!(printed.contains("dropped 0 expired"), "{printed}");
+    let kept = retained(&tenant).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(schema_exists(&kept[0]).await);
+
+    tokio::time::sleep(SHORT_RETENTION + Duration::from_millis(500)).await;
+    kept[0].clone()
+}
+
+/// Retention is enforced by the next rollout: once the retired schema has expired, a
+/// `migrate apply` (with nothing pending) drops it and says so, and `migrate rollback`,
+/// having no retained schema left, takes the down steps instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn next_apply_drops_expired_retired_schemas() {
+    let setup = Setup::new("roe");
+    let retired = expired_swap(&setup).await;
+    setup.write(
+        "0003_note.down.sql",
+        "ALTER TABLE customers DROP COLUMN note;",
+    );
+
+    let printed = setup.ok(&["apply"]).await;
+    assert!(
+        printed.contains(&format!("dropped retired schema {retired}")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("dropped 1 expired retired schemas"),
+        "{printed}"
+    );
+    assert!(!schema_exists(&retired).await);
+    assert!(retained("roe_00").await.is_empty());
+
+    let printed = setup.ok(&["rollback", "roe_00"]).await;
+    assert!(printed.contains("down steps ran for 0003"), "{printed}");
+    assert!(!has_column("roe_00", "note").await);
+}
+
+/// `migrate purge` drops expired retired schemas, one line each and a count; a rollback
+/// afterwards has neither a retained schema nor a down step and refuses, changing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_drops_expired_retired_schemas() {
+    let setup = Setup::new("rou");
+    let retired = expired_swap(&setup).await;
+
+    let printed = setup.ok(&["purge"]).await;
+    assert!(
+        printed.contains(&format!("dropped retired schema {retired}")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("dropped 1 expired retired schemas"),
+        "{printed}"
+    );
+    assert!(!schema_exists(&retired).await);
+
+    let out = setup.migrate(&["rollback", "rou_00"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no down step"), "{}", text(&out));
+    assert!(has_column("rou_00", "note").await);
+    assert_eq!(status("rou_00", "0003").await, "applied");
 }
 
 /// A lock that keeps the migration waiting fires the max-pause valve: the tenant's change is

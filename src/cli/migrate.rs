@@ -1,6 +1,7 @@
 //! `pgtenant migrate ...`: fleet rollouts of the migrations directory. `plan` shows what would
 //! run where, `apply` rolls out in waves (or `--dry-run` tries a copy of the test tenant),
-//! `status` reads the catalog's records, `rollback` takes one tenant back.
+//! `status` reads the catalog's records, `rollback` takes one tenant back, `purge` drops the
+//! blue/green schemas whose retention has passed (which `apply` also does when it ends).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{BusyPolicy, Config, DrainPolicy, FailurePolicy, RolloutSettings, Strategy};
 use crate::control::ControlError;
 use crate::control::migrate::fleet::{self, Options, Outcome, Progress, Report, Wave};
-use crate::control::migrate::{MigrationSet, dry_run, rollback, status};
+use crate::control::migrate::{MigrationSet, dry_run, retention, rollback, status};
 
 /// Options of `pgtenant migrate`.
 #[derive(Debug, Args)]
@@ -59,6 +60,9 @@ pub struct RolloutArgs {
     /// Consecutive failures that stop the rollout.
     #[arg(long)]
     pub circuit_breaker: Option<u32>,
+    /// With `continue`: largest failed share of a wave, in percent, for the next to start.
+    #[arg(long)]
+    pub max_wave_failures: Option<u32>,
     /// Longest pause of a tenant's traffic, such as 2s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_pause: Option<Duration>,
@@ -102,6 +106,12 @@ pub enum MigrateCommand {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Drop the blue/green schemas kept for rollback whose retention has passed.
+    Purge {
+        /// Only these tenants (repeat the flag; `name*` matches a prefix); all when absent.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+    },
 }
 
 /// Runs a migrate subcommand.
@@ -136,6 +146,7 @@ async fn dispatch(
         MigrateCommand::Rollback { tenant, to } => {
             roll_back(&config, &set, &tenant, to.as_deref()).await
         }
+        MigrateCommand::Purge { tenants } => purge(&config, &tenants).await,
     };
     result.map_err(|e| e.to_string())
 }
@@ -164,6 +175,11 @@ fn override_settings(s: &mut RolloutSettings, args: &RolloutArgs) -> Result<(), 
     s.on_drain_timeout = args.on_drain_timeout.unwrap_or(s.on_drain_timeout);
     s.busy_tenants = args.busy_tenants.unwrap_or(s.busy_tenants);
     s.circuit_breaker = args.circuit_breaker.unwrap_or(s.circuit_breaker).max(1);
+    if let Some(percent) = args.max_wave_failures {
+        crate::config::rollout::check_max_wave_failures(percent)
+            .map_err(|e| format!("--max-wave-failures: {e}"))?;
+        s.max_wave_failures = percent;
+    }
     s.max_pause = args.max_pause.unwrap_or(s.max_pause);
     s.drain_timeout = args.drain_timeout.unwrap_or(s.drain_timeout);
     if s.drain_timeout >= s.max_pause {
@@ -235,6 +251,7 @@ async fn apply(
         .await
         .map_err(|e| e.to_string())?;
     print_report(&report);
+    purge_after_rollout(config, &options.only).await;
 
     match (report.failed(), &report.stopped) {
         (0, None) => Ok(()),
@@ -246,6 +263,38 @@ async fn apply(
                 .unwrap_or_default()
         )),
     }
+}
+
+/// Enforces blue/green retention once a rollout ends. A failure is a warning: the rollout
+/// itself is done, and the next run or `migrate purge` tries again.
+async fn purge_after_rollout(config: &Config, only: &[String]) {
+    match retention::purge(config, only).await {
+        Ok(purged) => print_purged(&purged),
+        Err(error) => {
+            tracing::warn!(%error, "cannot purge expired retained schemas");
+            println!("warning: cannot purge expired retired schemas: {error}");
+        }
+    }
+}
+
+async fn purge(config: &Config, only: &[String]) -> Result<(), ControlError> {
+    let purged = retention::purge(config, only).await?;
+    print_purged(&purged);
+    Ok(())
+}
+
+/// One line per schema dropped and per tenant left for later, then the count.
+fn print_purged(purged: &retention::Purged) {
+    for schema in &purged.dropped {
+        println!("dropped retired schema {schema}");
+    }
+    for tenant in &purged.busy {
+        println!("kept the expired schemas of {tenant}: a rollout or rollback holds it");
+    }
+    println!(
+        "retention: dropped {} expired retired schemas",
+        purged.dropped.len()
+    );
 }
 
 /// First Ctrl-C: start no new tenants and let those in flight finish. Second: exit at once;

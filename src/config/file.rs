@@ -97,13 +97,16 @@ pub struct MigrationsSection {
     pub on_failure: FailurePolicy,
     /// Consecutive failures that stop a rollout whatever `on_failure` says. Default `3`.
     pub circuit_breaker: u32,
+    /// With `on_failure = "continue"`, the largest share of a wave's tenants, in percent
+    /// (0–100), that may fail for the next wave to start. Default `10`.
+    pub max_wave_failures: u32,
     /// `in-place` (default) or `blue-green`.
     pub strategy: Strategy,
     /// `solo` (default: a tenant with live traffic migrates while no other tenant does, so
     /// its pause is not stretched by their work) or `shared` (no special treatment).
     pub busy_tenants: BusyPolicy,
-    /// How long blue/green keeps a tenant's previous schema for `migrate rollback`.
-    /// Default `7days`.
+    /// How long blue/green keeps a tenant's previous schema for `migrate rollback`; expired
+    /// ones are dropped by `migrate purge` and at the end of `migrate apply`. Default `7days`.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
 }
@@ -121,6 +124,7 @@ impl Default for MigrationsSection {
             on_drain_timeout: DrainPolicy::Skip,
             on_failure: FailurePolicy::Abort,
             circuit_breaker: 3,
+            max_wave_failures: 10,
             strategy: Strategy::InPlace,
             busy_tenants: BusyPolicy::Solo,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -144,7 +148,8 @@ pub enum DrainPolicy {
 pub enum FailurePolicy {
     /// Finish the tenants in flight and start no new ones.
     Abort,
-    /// Go on with the other tenants (the circuit breaker still applies).
+    /// Go on with the other tenants (the circuit breaker and `max_wave_failures` still
+    /// apply).
     Continue,
 }
 

@@ -555,6 +555,14 @@ mod tests {
     }
 
     #[test]
+    fn max_wave_failures_above_one_hundred_is_refused() {
+        let err = parse("[proxy]\ntls = \"disabled\"\n[migrations]\nmax_wave_failures = 150\n")
+            .expect_err("not a percentage");
+        let expected = "migrations.max_wave_failures: 150 is not a percentage; use 0 to 100";
+        assert_eq!(err.to_string(), expected);
+    }
+
+    #[test]
     fn reserve_must_leave_room_for_tenants() {
         let err =
             parse("[proxy]\ntls = \"disabled\"\n[budget]\nmax_connections = 20\nreserve = 20\n")

@@ -33,6 +33,9 @@ pub struct RolloutSettings {
     pub on_failure: FailurePolicy,
     /// Consecutive failures that stop the rollout.
     pub circuit_breaker: u32,
+    /// Under `continue`, the largest failed share of a wave, in percent, that lets the next
+    /// wave start.
+    pub max_wave_failures: u32,
     /// In place or blue/green.
     pub strategy: Strategy,
     /// Whether tenants with live traffic migrate alone.
@@ -49,6 +52,7 @@ pub fn validate(
 ) -> Result<RolloutSettings, ConfigError> {
     check_waves(&section.waves)?;
     check_counts(section)?;
+    check_max_wave_failures(section.max_wave_failures)?;
     check_pause(section)?;
     let max_connections = connections(section, budget)?;
 
@@ -63,6 +67,7 @@ pub fn validate(
         on_drain_timeout: section.on_drain_timeout,
         on_failure: section.on_failure,
         circuit_breaker: section.circuit_breaker,
+        max_wave_failures: section.max_wave_failures,
         strategy: section.strategy,
         busy_tenants: section.busy_tenants,
         retention: section.retention,
@@ -94,6 +99,17 @@ fn check_counts(section: &MigrationsSection) -> Result<(), ConfigError> {
         return Err(invalid("migrations.circuit_breaker", msg));
     }
     Ok(())
+}
+
+/// A percentage, 0 (any failure stops the rollout) to 100 (never stop on failures).
+pub fn check_max_wave_failures(percent: u32) -> Result<(), ConfigError> {
+    if percent <= 100 {
+        return Ok(());
+    }
+    Err(invalid(
+        "migrations.max_wave_failures",
+        format!("{percent} is not a percentage; use 0 to 100"),
+    ))
 }
 
 fn check_pause(section: &MigrationsSection) -> Result<(), ConfigError> {
@@ -149,5 +165,15 @@ mod tests {
         assert!(check_waves(&[10, 50]).is_err());
         assert!(check_waves(&[0, 100]).is_err());
         assert!(check_waves(&[]).is_err());
+    }
+
+    /// The failed share of a wave is a percentage, and the error names the key and value.
+    #[test]
+    fn max_wave_failures_is_a_percentage() {
+        assert!(check_max_wave_failures(0).is_ok());
+        assert!(check_max_wave_failures(100).is_ok());
+        let error = check_max_wave_failures(101).unwrap_err().to_string();
+        assert!(error.contains("migrations.max_wave_failures"), "{error}");
+        assert!(error.contains("101"), "{error}");
     }
 }

@@ -13,6 +13,7 @@ pub mod dry_run;
 pub mod fingerprint;
 pub mod fleet;
 pub mod health;
+pub mod retention;
 pub mod rollback;
 pub mod source;
 pub mod status;

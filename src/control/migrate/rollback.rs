@@ -56,6 +56,7 @@ pub async fn rollback(
     actor: &str,
 ) -> Result<RollbackReport, ControlError> {
     let mut control = crate::control::open(config).await?;
+    super::fleet::guard_session(&control, config.migrations.max_pause).await?;
     let record = crate::control::find_tenant(&control, tenant).await?;
     crate::control::refuse_archived(&record)?;
     let locked = super::fleet::job::try_lock(&control, tenant)

@@ -13,6 +13,7 @@ mod schema;
 pub mod watch;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio_postgres::{Client, GenericClient, NoTls};
 
@@ -92,8 +93,23 @@ pub struct Snapshot {
     pub admins: Vec<UserSection>,
 }
 
+/// How long a catalog connection may sit silent before TCP keepalive probes start.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Time between keepalive probes; with [`KEEPALIVE_RETRIES`] unanswered ones the kernel
+/// declares the connection dead, about a minute after the peer went silent.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered keepalive probes before the connection is dropped.
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// The driver configuration for pgtenant's own role; `application_name` tells operators
 /// which process a catalog connection belongs to.
+///
+/// TCP keepalives are on with short timers (the driver's default waits two hours): a
+/// catalog, rollout worker or pause connection whose server or network vanished without a
+/// FIN then fails within about a minute instead of leaving its task waiting, a rollout
+/// stuck and a proxy deaf to pauses.
 pub fn pg_config(
     config: &Config,
     application_name: &str,
@@ -105,7 +121,11 @@ pub fn pg_config(
         .dbname(&config.backend.database)
         .user(&catalog.user)
         .application_name(application_name)
-        .connect_timeout(config.backend.connect_timeout);
+        .connect_timeout(config.backend.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
     if let Some(password) = &catalog.password {
         pg.password(password);
     }

@@ -80,7 +80,7 @@ use std::time::Duration;
 pub use copy::build_next;
 pub use names::{next_name, retired_name};
 pub use refuse::refusals;
-pub use swap::{discard_next, purge_expired, swap, swap_back};
+pub use swap::{discard_next, purge_expired, purge_expired_of, swap, swap_back};
 
 use super::super::provision::quote_ident;
 use crate::tenant::catalog::{CatalogError, describe};

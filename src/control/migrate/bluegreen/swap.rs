@@ -128,13 +128,29 @@ pub async fn swap_back(
 /// names. A schema that is some tenant's live one, or that objects elsewhere depend on, is
 /// kept and logged instead, since dropping it would take those along.
 pub async fn purge_expired(tx: &Transaction<'_>) -> Result<Vec<String>, BlueGreenError> {
+    purge(tx, None).await
+}
+
+/// Like [`purge_expired`], for the retained schemas of `tenants` only.
+pub async fn purge_expired_of(
+    tx: &Transaction<'_>,
+    tenants: &[String],
+) -> Result<Vec<String>, BlueGreenError> {
+    purge(tx, Some(tenants)).await
+}
+
+async fn purge(
+    tx: &Transaction<'_>,
+    tenants: Option<&[String]>,
+) -> Result<Vec<String>, BlueGreenError> {
     let rows = tx
         .query(
             "SELECT r.schema_name, EXISTS (SELECT 1 FROM pgtenant.tenants t \
                                            WHERE t.schema_name = r.schema_name) \
              FROM pgtenant.retired_schemas r WHERE r.expires_at <= now() \
+               AND ($1::text[] IS NULL OR r.tenant = ANY($1)) \
              ORDER BY r.expires_at FOR UPDATE OF r",
-            &[],
+            &[&tenants],
         )
         .await
         .map_err(query(

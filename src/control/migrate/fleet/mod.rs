@@ -5,14 +5,16 @@
 //! rest with up to `concurrency` at once, each on a worker connection of its own (`job`).
 //! Connections come from the budget's reserve: one control connection, plus two per tenant
 //! in flight (its worker and its pause's listening connection), together at most
-//! `max_connections`. A wave starts only when the previous one is healthy: with `abort` any
-//! failure stops the rollout once the tenants in flight finish; with `continue` it goes on
-//! until the circuit breaker trips. Everything a run learns is in the catalog, so running
+//! `max_connections`. A wave starts only when the previous one is healthy (`gate`): the
+//! test tenant must succeed whatever the policy; with `abort` any failure stops the rollout
+//! once the tenants in flight finish; with `continue` it goes on until the circuit breaker
+//! trips or a wave's failed share passes `max_wave_failures`. Everything a run learns is in the catalog, so running
 //! it again continues where it stopped: applied tenants are up to date, failed ones are left
 //! alone unless `retry_failed`.
 
 pub mod breaker;
 pub mod busy;
+pub mod gate;
 pub mod job;
 pub mod plan;
 
@@ -135,7 +137,7 @@ pub async fn plan(control: &Client, options: &Options) -> Result<Plan, ControlEr
 }
 
 /// Whether `name` is among `only`'s names and prefixes (everyone when `only` is empty).
-fn selected(name: &str, only: &[String]) -> bool {
+pub(crate) fn selected(name: &str, only: &[String]) -> bool {
     only.is_empty()
         || only.iter().any(|entry| match entry.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
@@ -240,13 +242,35 @@ async fn open_workers(
                 tracing::debug!(error = %describe(&error), "worker connection ended");
             }
         });
-        client
-            .batch_execute("SET client_min_messages TO warning")
-            .await
-            .map_err(query("set up a worker connection", "*"))?;
+        guard_session(&client, settings.max_pause).await?;
         workers.push(client);
     }
     Ok(workers)
+}
+
+/// How long past `max_pause` a worker's transaction may sit idle before PostgreSQL ends it.
+pub const IDLE_IN_TRANSACTION_MARGIN: Duration = Duration::from_secs(2);
+
+/// Session settings of a connection that runs a tenant's migration or rollback.
+///
+/// The migration transaction holds the tenant's locks and lasts at most `max_pause` (its
+/// lock and statement timeouts are what is left of it), but those timeouts bound statements
+/// only: a runner that stops sending anything mid-transaction (hung, killed with its host,
+/// cut off by the network) would keep the locks until the server's TCP keepalives notice,
+/// two hours by default. `idle_in_transaction_session_timeout` makes the server end such a
+/// session, and release its locks, once it has been idle for longer than the whole pause
+/// could have lasted plus a margin, which is shortly after the proxies' own pause expiry
+/// (`max_pause` + 1 s) has reopened the tenant's gate. A healthy runner is never idle
+/// inside the transaction for more than a few milliseconds.
+pub async fn guard_session(client: &Client, max_pause: Duration) -> Result<(), ControlError> {
+    let idle = (max_pause + IDLE_IN_TRANSACTION_MARGIN).as_millis();
+    let sql = format!(
+        "SET client_min_messages TO warning; SET idle_in_transaction_session_timeout = {idle}"
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(query("set up a worker connection", "*"))
 }
 
 /// A rollout in progress.
@@ -266,14 +290,25 @@ type Finished = (TenantResult, Client);
 impl Rollout {
     async fn run(&mut self, progress: &mut dyn Progress) {
         let waves = self.plan.waves.clone();
-        for wave in &waves {
+        for (i, wave) in waves.iter().enumerate() {
             if self.report.stopped.is_some() {
                 self.report.not_started.extend(wave.tenants.iter().cloned());
                 continue;
             }
             progress.wave(wave);
             let report = self.run_wave(wave, progress).await;
+
+            if i + 1 < waves.len() {
+                self.gate(wave, &report.results, progress);
+            }
             self.report.waves.push(report);
+        }
+    }
+
+    /// Stops the rollout when `wave` did not finish healthy enough for the next to start.
+    fn gate(&mut self, wave: &Wave, results: &[TenantResult], progress: &mut dyn Progress) {
+        if let Some(reason) = gate::verdict(wave, results, &self.options.settings) {
+            self.stop(progress, reason);
         }
     }
 

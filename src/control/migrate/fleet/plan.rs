@@ -19,7 +19,7 @@ pub fn waves(tenants: &[String], test_tenant: Option<&str>, percents: &[u8]) -> 
     let test = test_tenant.filter(|t| tenants.iter().any(|n| n == t));
     if let Some(test) = test {
         plan.push(Wave {
-            label: "test".into(),
+            label: super::gate::TEST_WAVE.into(),
             tenants: vec![test.to_owned()],
         });
     }
