@@ -480,18 +480,20 @@ async fn set_tier_is_recorded() {
     setup.ok(&["set-tier", "ctl_tier", "auto"]).await;
     assert_eq!(catalog_text(tier, "ctl_tier").await, None);
 
-    let audited = catalog_text(
-        "SELECT count(*)::text FROM pgtenant.audit_log \
-         WHERE tenant = $1 AND action = 'tenant.set_tier'",
-        "ctl_tier",
-    )
-    .await;
-    assert_eq!(audited.as_deref(), Some("2"));
+    assert_eq!(set_tier_audits("ctl_tier").await, 2);
     let list = setup.ok(&["list"]).await;
     assert!(
         list.lines()
             .any(|l| l.starts_with("ctl_tier ") && l.contains(" auto "))
     );
+}
+
+/// How many `tenant.set_tier` entries the audit log holds for `tenant`.
+async fn set_tier_audits(tenant: &str) -> u32 {
+    let sql = "SELECT count(*)::text FROM pgtenant.audit_log \
+               WHERE tenant = $1 AND action = 'tenant.set_tier'";
+    let count = catalog_text(sql, tenant).await.unwrap_or_default();
+    count.parse().unwrap()
 }
 
 /// Changes that would leave the pinned pools over the budget (which proxies refuse as a
@@ -529,13 +531,7 @@ async fn changes_over_the_budget_are_refused() {
         format!("pgtenant: tenant set-tier ctl_fit_b hot: {need} 51 connections, {leaves}")
     );
     assert_eq!(catalog_text(tier, "ctl_fit_b").await, None);
-    let audited = catalog_text(
-        "SELECT count(*)::text FROM pgtenant.audit_log \
-         WHERE tenant = $1 AND action = 'tenant.set_tier'",
-        "ctl_fit_b",
-    )
-    .await;
-    assert_eq!(audited.as_deref(), Some("0"));
+    assert_eq!(set_tier_audits("ctl_fit_b").await, 0);
 
     setup.ok(&["set-tier", "ctl_fit_b", "cold"]).await;
     assert_eq!(

@@ -544,20 +544,21 @@ async fn next_apply_drops_expired_retired_schemas() {
     );
 
     let printed = setup.ok(&["apply"]).await;
-    assert!(
-        printed.contains(&format!("dropped retired schema {retired}")),
-        "{printed}"
-    );
-    assert!(
-        printed.contains("dropped 1 expired retired schemas"),
-        "{printed}"
-    );
+    says_dropped(&printed, &retired);
     assert!(!schema_exists(&retired).await);
     assert!(retained("roe_00").await.is_empty());
 
     let printed = setup.ok(&["rollback", "roe_00"]).await;
     assert!(printed.contains("down steps ran for 0003"), "{printed}");
     assert!(!has_column("roe_00", "note").await);
+}
+
+/// The purge's report of dropping exactly `retired`.
+fn says_dropped(printed: &str, retired: &str) {
+    let line = format!("dropped retired schema {retired}");
+    assert!(printed.contains(&line), "{printed}");
+    let count = "dropped 1 expired retired schemas";
+    assert!(printed.contains(count), "{printed}");
 }
 
 /// `migrate purge` drops expired retired schemas, one line each and a count; a rollback
@@ -568,14 +569,7 @@ async fn purge_drops_expired_retired_schemas() {
     let retired = expired_swap(&setup).await;
 
     let printed = setup.ok(&["purge"]).await;
-    assert!(
-        printed.contains(&format!("dropped retired schema {retired}")),
-        "{printed}"
-    );
-    assert!(
-        printed.contains("dropped 1 expired retired schemas"),
-        "{printed}"
-    );
+    says_dropped(&printed, &retired);
     assert!(!schema_exists(&retired).await);
 
     let out = setup.migrate(&["rollback", "rou_00"]).await;
