@@ -646,6 +646,47 @@ async fn undrained_tenant_is_skipped() {
     assert!(has_column("ros_00", "note").await);
 }
 
+/// With `terminate`, a client idle inside a transaction past the drain timeout loses its
+/// backend (its transaction rolls back, it gets an error), and the tenant is migrated.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminate_ends_an_idle_transaction() {
+    let proxy = catalog_proxy().await;
+    let setup = Setup::new("rox");
+    let tenants = setup.tenants(1).await;
+    setup.write(
+        "0003_note.sql",
+        "ALTER TABLE customers ADD COLUMN note text;",
+    );
+
+    let mut client = login(&proxy, &tenants[0].1).await;
+    let tx = client.transaction().await.unwrap();
+    tx.simple_query("INSERT INTO customers (name, plan) VALUES ('held', 'free')")
+        .await
+        .unwrap();
+
+    let args = [
+        "apply",
+        "--drain-timeout",
+        "400ms",
+        "--on-drain-timeout",
+        "terminate",
+    ];
+    let printed = setup.ok(&args).await;
+    assert!(printed.contains("applied 0003"), "{printed}");
+    assert!(has_column("rox_00", "note").await);
+
+    assert!(tx.commit().await.is_err(), "the held transaction was ended");
+    let su = fleet().superuser().await;
+    let held: i64 = (su.query_one(
+        "SELECT count(*) FROM rox_00.customers WHERE name = 'held'",
+        &[],
+    ))
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(held, 0, "its insert rolled back");
+}
+
 /// Zero downtime: clients keep running transactions through the proxy while their tenant's
 /// schema changes; none fails, and none sees one added column without the other.
 #[tokio::test(flavor = "multi_thread")]

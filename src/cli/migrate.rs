@@ -54,7 +54,7 @@ pub struct RolloutArgs {
     /// Tenants with live traffic: `solo` (each migrates alone) or `shared`.
     #[arg(long, value_enum)]
     pub busy_tenants: Option<BusyPolicy>,
-    /// When transactions outlast the drain timeout: `skip` or `cancel`.
+    /// When transactions outlast the drain timeout: `skip`, `cancel` or `terminate`.
     #[arg(long, value_enum)]
     pub on_drain_timeout: Option<DrainPolicy>,
     /// Consecutive failures that stop the rollout.

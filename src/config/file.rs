@@ -89,8 +89,9 @@ pub struct MigrationsSection {
     /// How long transactions in flight get to finish once a tenant is paused. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// `skip` (default: resume and leave the tenant for a later run) or `cancel` (cancel the
-    /// transactions still running) when the drain timeout passes.
+    /// `skip` (default: resume and leave the tenant for a later run), `cancel` (cancel the
+    /// statements still running) or `terminate` (end the backends still inside a
+    /// transaction, idle ones included) when the drain timeout passes.
     pub on_drain_timeout: DrainPolicy,
     /// `abort` (default: finish the tenants in flight, start no new ones) or `continue`
     /// after a tenant fails.
@@ -138,8 +139,11 @@ impl Default for MigrationsSection {
 pub enum DrainPolicy {
     /// Resume the tenant untouched; a later run migrates it.
     Skip,
-    /// Cancel the transactions still running, then migrate.
+    /// Cancel the statements still running, then migrate.
     Cancel,
+    /// End the backends still inside a transaction (their clients get an error and lose
+    /// their session), then migrate.
+    Terminate,
 }
 
 /// What a rollout does after a tenant fails.

@@ -272,10 +272,25 @@ impl Pause {
     /// client rolls back; a backend idle in a transaction has no statement to cancel and is
     /// left alone.
     pub async fn cancel_in_flight(config: &Config, tenant: &str) -> Result<usize, PauseError> {
+        Self::signal_in_flight(config, tenant, "pg_cancel_backend").await
+    }
+
+    /// Ends the tenant role's backends still in a transaction (`pg_terminate_backend`), idle
+    /// ones included, for the `terminate` drain policy; returns how many. Their
+    /// transactions roll back, and the proxy tells each client the connection was lost.
+    pub async fn terminate_in_flight(config: &Config, tenant: &str) -> Result<usize, PauseError> {
+        Self::signal_in_flight(config, tenant, "pg_terminate_backend").await
+    }
+
+    async fn signal_in_flight(
+        config: &Config,
+        tenant: &str,
+        signal: &'static str,
+    ) -> Result<usize, PauseError> {
         let client = catalog::connect(config).await?;
         let role = tenant_role(&client, tenant).await?;
         let sql = format!(
-            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
+            "SELECT count(*) FILTER (WHERE {signal}(pid)) FROM pg_stat_activity \
              WHERE usename = $1 AND backend_type = 'client backend' AND {IN_TRANSACTION} \
                AND pid <> pg_backend_pid()"
         );
@@ -283,14 +298,14 @@ impl Pause {
             .query_one(&sql, &[&role])
             .await
             .map_err(|source| PauseError::Query {
-                step: "cancel backends in a transaction",
+                step: "signal backends in a transaction",
                 tenant: tenant.to_owned(),
                 source,
             })?;
-        let cancelled: i64 = field(&row, 0, "pg_stat_activity")?;
+        let signalled: i64 = field(&row, 0, "pg_stat_activity")?;
 
-        tracing::info!(%tenant, cancelled, "statements in flight cancelled");
-        Ok(usize::try_from(cancelled).unwrap_or(0))
+        tracing::info!(%tenant, signal, signalled, "backends in a transaction signalled");
+        Ok(usize::try_from(signalled).unwrap_or(0))
     }
 
     /// Deletes the row (only if it still carries this pause's token) so every proxy opens

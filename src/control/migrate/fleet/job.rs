@@ -190,7 +190,8 @@ pub(crate) async fn pause(job: &Job<'_>) -> Result<Pause, String> {
 const STALE_PAUSE_SLACK: Duration = Duration::from_secs(2);
 
 /// One attempt at pausing. With the `cancel` policy, statements of the tenant still running
-/// at three quarters of the drain timeout are cancelled, so the drain can finish within it.
+/// at three quarters of the drain timeout are cancelled, and with `terminate` the backends
+/// still inside a transaction are ended, so the drain can finish within it.
 async fn begin(job: &Job<'_>) -> Result<Pause, PauseError> {
     let tenant = job.tenant.name.as_str();
     let drain_timeout = job.settings.drain_timeout;
@@ -203,17 +204,24 @@ async fn begin(job: &Job<'_>) -> Result<Pause, PauseError> {
     let begin = Pause::begin(job.config, &request);
     tokio::pin!(begin);
 
-    if job.settings.on_drain_timeout == DrainPolicy::Cancel {
-        let cancel = async {
-            tokio::time::sleep(drain_timeout * 3 / 4).await;
-            Pause::cancel_in_flight(job.config, tenant).await
-        };
-        tokio::select! {
-            result = &mut begin => return result,
-            cancelled = cancel => {
-                if let Err(error) = cancelled {
-                    tracing::warn!(tenant, %error, "cannot cancel the tenant's statements");
-                }
+    if job.settings.on_drain_timeout == DrainPolicy::Skip {
+        return begin.await;
+    }
+
+    let signal = async {
+        tokio::time::sleep(drain_timeout * 3 / 4).await;
+        match job.settings.on_drain_timeout {
+            DrainPolicy::Terminate => Pause::terminate_in_flight(job.config, tenant).await,
+            DrainPolicy::Cancel | DrainPolicy::Skip => {
+                Pause::cancel_in_flight(job.config, tenant).await
+            }
+        }
+    };
+    tokio::select! {
+        result = &mut begin => return result,
+        signalled = signal => {
+            if let Err(error) = signalled {
+                tracing::warn!(tenant, %error, "cannot signal the tenant's backends");
             }
         }
     }
