@@ -197,6 +197,36 @@ async fn catalog_text(sql: &str, name: &str) -> Option<String> {
         .and_then(|r| r.get(0))
 }
 
+/// The tenant's login role gets no power beyond its own schema: no superuser, no role or
+/// database creation, no replication, no row-level security bypass, no inherited roles, and
+/// the configured connection limit (50 by default).
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_role_has_no_extra_powers() {
+    let proxy = catalog_proxy().await;
+    let setup = Setup::new(&proxy);
+    setup.ok(&["create", "ctl_role"]).await;
+
+    let su = fleet().superuser().await;
+    let row = su
+        .query_one(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, \
+                    rolinherit, rolcanlogin, rolconnlimit, \
+                    (SELECT count(*) FROM pg_auth_members WHERE member = r.oid) \
+             FROM pg_roles r WHERE rolname = 'ctl_role'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let powers: Vec<bool> = (0..6).map(|i| row.get(i)).collect();
+    assert_eq!(
+        powers, [false; 6],
+        "super, createrole, createdb, replication, bypassrls, inherit"
+    );
+    assert!(row.get::<_, bool>(6), "it logs in");
+    assert_eq!(row.get::<_, i32>(7), 50, "connection limit");
+    assert_eq!(row.get::<_, i64>(8), 0, "member of no role");
+}
+
 /// `tenant create` prints a URL that logs in through an already running proxy within about a
 /// second, pinned to the new schema, with migrations recorded and demo data loaded.
 #[tokio::test(flavor = "multi_thread")]
