@@ -136,6 +136,50 @@ async fn credential_change_reaches_every_proxy() {
     }
 }
 
+/// Two proxies sharing one catalog both refuse new logins of a suspended tenant within a
+/// second, with its own FATAL, and both let it in again once it is resumed.
+#[tokio::test]
+async fn suspension_reaches_every_proxy() {
+    let mut admin = superuser().await;
+    let tenant = catalog_tenant(&mut admin, "cat_suspend").await;
+    let (one, two) = (catalog_proxy().await, catalog_proxy().await);
+    let set_state = "UPDATE pgtenant.tenants SET state = $1 WHERE name = 'cat_suspend'";
+
+    admin.execute(set_state, &[&"suspended"]).await.unwrap();
+    for proxy in [&one, &two] {
+        let took = bounded("refusal", time_until_refused(proxy, &tenant.password)).await;
+        assert!(took < PROPAGATION, "took {took:?}");
+    }
+
+    admin.execute(set_state, &[&"active"]).await.unwrap();
+    for proxy in [&one, &two] {
+        let took = bounded(
+            "login",
+            time_until_login(proxy, "cat_suspend", &tenant.password),
+        )
+        .await;
+        assert!(took < PROPAGATION, "took {took:?}");
+    }
+}
+
+/// How long until `cat_suspend`'s logins fail as suspended (`55000`, naming the tenant).
+async fn time_until_refused(proxy: &Proxy, password: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Err(error) = login(proxy, "cat_suspend", "app", password).await
+            && sqlstate(&error) == "55000"
+        {
+            let message = error.as_db_error().map(|e| e.message().to_owned());
+            assert!(
+                message.unwrap_or_default().contains("is suspended"),
+                "{error:?}"
+            );
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A change made without a notification (triggers off) still arrives with the periodic
 /// reload.
 #[tokio::test]
