@@ -216,6 +216,11 @@ impl ServerHandle {
     pub fn sessions(&self) -> usize {
         self.shared.sessions.load(Ordering::Relaxed)
     }
+
+    /// The tier `tenant` is in now (pinned or ranked), once it has been served.
+    pub fn tier_of(&self, tenant: &str) -> Option<crate::config::Tier> {
+        self.shared.pools.governors.get(tenant).map(|g| g.tier())
+    }
 }
 
 /// A bound, not yet running, proxy.

@@ -713,6 +713,37 @@ async fn client_cap_refuses_logins_over_it_until_a_client_leaves() {
 // Dynamic tiering
 // ---------------------------------------------------------------------------------------
 
+/// A backend held through a long transaction counts as load while it is held, not only
+/// once it is returned: the holder ranks hot during its transaction. (All other tenants
+/// are idle; were the held time uncounted, every load would be 0, `dynh_a` would rank hot
+/// by name and the holder, last by name, cold.)
+#[tokio::test(flavor = "multi_thread")]
+async fn held_backend_counts_as_load_while_held() {
+    let names = ["dynh_a", "dynh_b", "dynh_c", "dynh_d", "dynh_e"];
+    let tenants = provision(&names).await;
+    let proxy = Proxy::with(serving(&tenants, |file| {
+        file.tiers.initial = Tier::Warm;
+        file.tiers.dynamic = true;
+        file.tiers.interval = Duration::from_millis(200);
+        file.tiers.hysteresis = 2;
+    }))
+    .await;
+    for tenant in &tenants[..4] {
+        let client = connect(&proxy, tenant).await;
+        client.batch_execute("SELECT 1").await.unwrap();
+    }
+
+    let holder = connect(&proxy, &tenants[4]).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let handle = &proxy.handle;
+    wait_until("the holder ranked hot", Duration::from_secs(15), || async {
+        handle.tier_of("dynh_e") == Some(Tier::Hot)
+    })
+    .await;
+
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
 /// Dynamic tiering promotes the busiest tenant to hot, demotes the idle one to cold and back.
 #[tokio::test(flavor = "multi_thread")]
 async fn tiers_follow_load() {

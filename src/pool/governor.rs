@@ -4,12 +4,13 @@
 //! Governors live for the whole process and are updated in place on reload, so a reload
 //! never resets a rate limiter, a client count or a tenant's tier.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use super::busy::BusyClock;
 use super::limiter::TokenBucket;
 use crate::config::{Config, Tenant, Tier};
 use crate::protocol::{ClientError, ErrorKind, sqlstate};
@@ -20,7 +21,7 @@ pub struct Governor {
     /// Tenant name.
     pub name: String,
     tier: Mutex<Tier>,
-    busy_nanos: AtomicU64,
+    busy: Mutex<BusyClock>,
     clients: AtomicUsize,
     limits: Mutex<Limits>,
 }
@@ -33,6 +34,21 @@ struct Limits {
     rate_wait: Duration,
     bucket: Option<TokenBucket>,
     per_second: f64,
+}
+
+/// Counts one lease's backend time towards its tenant's load until dropped.
+#[derive(Debug)]
+pub struct BusyGuard {
+    governor: Arc<Governor>,
+    since: Instant,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut clock) = self.governor.busy.lock() {
+            clock.ended(self.since, Instant::now());
+        }
+    }
 }
 
 /// Holds a client's place under the tenant's connection cap; released on drop.
@@ -52,7 +68,7 @@ impl Governor {
         let governor = Self {
             name: tenant.name.clone(),
             tier: Mutex::new(tenant.tier.unwrap_or(config.tiers.initial)),
-            busy_nanos: AtomicU64::new(0),
+            busy: Mutex::new(BusyClock::new(Instant::now())),
             clients: AtomicUsize::new(0),
             limits: Mutex::new(Limits {
                 pinned_tier: None,
@@ -115,15 +131,24 @@ impl Governor {
             .unwrap_or(usize::MAX)
     }
 
-    /// Adds backend time spent on the tenant's transactions.
-    pub fn add_busy(&self, busy: Duration) {
-        let nanos = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
-        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+    /// Starts counting a lease's backend time; it stops when the guard drops.
+    pub fn busy_from_now(self: &Arc<Self>) -> BusyGuard {
+        let since = Instant::now();
+        if let Ok(mut clock) = self.busy.lock() {
+            clock.started(since);
+        }
+        BusyGuard {
+            governor: self.clone(),
+            since,
+        }
     }
 
-    /// Backend time since the last call, in seconds.
+    /// Backend time since the last call, in seconds, leases still open included.
     pub fn take_busy(&self) -> f64 {
-        self.busy_nanos.swap(0, Ordering::Relaxed) as f64 / 1e9
+        let now = Instant::now();
+        self.busy
+            .lock()
+            .map_or(0.0, |mut clock| clock.take(now).as_secs_f64())
     }
 
     /// Admits a client under the tenant's connection cap, or refuses with FATAL `53300`.
@@ -204,6 +229,11 @@ impl Governors {
             .entry(tenant.name.clone())
             .or_insert_with(|| Arc::new(Governor::new(tenant, config)))
             .clone()
+    }
+
+    /// The governor of `name`, if the tenant has been served.
+    pub fn get(&self, name: &str) -> Option<Arc<Governor>> {
+        self.map.get(name).map(|g| g.clone())
     }
 
     /// After a reload: update every tenant's limits; forget tenants that are gone.

@@ -11,6 +11,7 @@
 //! `[tiers] interval`).
 
 pub mod budget;
+pub mod busy;
 pub mod capacity;
 pub mod governor;
 pub mod limiter;

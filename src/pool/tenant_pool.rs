@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::PoolError;
 use super::budget::{Budget, Slot};
 use super::capacity::{Capacity, Permit, TakeError};
-use super::governor::Governor;
+use super::governor::{BusyGuard, Governor};
 use super::pause::{InFlight, PauseGate};
 use crate::backend::{BackendConn, connect};
 use crate::config::{BackendSettings, Tenant};
@@ -124,7 +124,7 @@ pub struct Lease {
     opened: Opened,
     _permit: Permit,
     _in_flight: InFlight,
-    since: Instant,
+    _busy: BusyGuard,
 }
 
 /// One tenant's pool.
@@ -212,7 +212,7 @@ impl TenantPool {
             opened,
             _permit: held.permit,
             _in_flight: held.in_flight,
-            since: Instant::now(),
+            _busy: self.governor.busy_from_now(),
         }
     }
 
@@ -312,9 +312,9 @@ impl TenantPool {
             opened,
             _permit,
             _in_flight,
-            since,
+            _busy,
         } = lease;
-        self.governor.add_busy(since.elapsed());
+        drop(_busy);
         drop(_permit);
         drop(_in_flight);
         self.metrics.in_use.set(self.capacity.in_use() as f64);
@@ -341,7 +341,6 @@ impl TenantPool {
     /// Drops a connection that cannot be reused.
     pub fn discard(&self, lease: Lease) {
         tracing::debug!(tenant = %self.tenant.name, backend = lease.conn.id, "backend connection discarded");
-        self.governor.add_busy(lease.since.elapsed());
         drop(lease);
         self.metrics.in_use.set(self.capacity.in_use() as f64);
     }

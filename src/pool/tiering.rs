@@ -1,8 +1,8 @@
 //! Dynamic tiering: every `[tiers] interval`, tenants are ranked by recent load and the top
 //! 20 % become hot, the bottom 20 % cold, the rest warm.
 //!
-//! Load is busy backend time per second of wall time (the sum of lease durations over the
-//! interval), smoothed as an exponentially weighted average with weight 0.5 per interval.
+//! Load is busy backend time per second of wall time (the time leases were open during the
+//! interval, those still open included; `pool::busy`), smoothed as an exponentially weighted average with weight 0.5 per interval.
 //! Busy time rather than transactions per second, because a pool's size answers how many
 //! connections a tenant keeps busy at once: one tenant running ten-second reports needs more
 //! connections than one running a thousand one-millisecond lookups a second.
