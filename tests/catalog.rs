@@ -141,32 +141,28 @@ async fn credential_change_reaches_every_proxy() {
 #[tokio::test]
 async fn suspension_reaches_every_proxy() {
     let mut admin = superuser().await;
-    let tenant = catalog_tenant(&mut admin, "cat_suspend").await;
+    let name = "cat_suspend_all";
+    let tenant = catalog_tenant(&mut admin, name).await;
     let (one, two) = (catalog_proxy().await, catalog_proxy().await);
-    let set_state = "UPDATE pgtenant.tenants SET state = $1 WHERE name = 'cat_suspend'";
 
-    admin.execute(set_state, &[&"suspended"]).await.unwrap();
+    set_state(&admin, name, "suspended").await;
     for proxy in [&one, &two] {
-        let took = bounded("refusal", time_until_refused(proxy, &tenant.password)).await;
+        let took = bounded("refusal", time_until_refused(proxy, name, &tenant.password)).await;
         assert!(took < PROPAGATION, "took {took:?}");
     }
 
-    admin.execute(set_state, &[&"active"]).await.unwrap();
+    set_state(&admin, name, "active").await;
     for proxy in [&one, &two] {
-        let took = bounded(
-            "login",
-            time_until_login(proxy, "cat_suspend", &tenant.password),
-        )
-        .await;
+        let took = bounded("login", time_until_login(proxy, name, &tenant.password)).await;
         assert!(took < PROPAGATION, "took {took:?}");
     }
 }
 
-/// How long until `cat_suspend`'s logins fail as suspended (`55000`, naming the tenant).
-async fn time_until_refused(proxy: &Proxy, password: &str) -> Duration {
+/// How long until `tenant`'s logins fail as suspended (`55000`, naming the tenant).
+async fn time_until_refused(proxy: &Proxy, tenant: &str, password: &str) -> Duration {
     let started = Instant::now();
     loop {
-        if let Err(error) = login(proxy, "cat_suspend", "app", password).await
+        if let Err(error) = login(proxy, tenant, "app", password).await
             && sqlstate(&error) == "55000"
         {
             let message = error.as_db_error().map(|e| e.message().to_owned());
