@@ -44,13 +44,17 @@ pub enum LoginError {
     Io(#[from] std::io::Error),
 }
 
-/// Everything a login names a tenant or user by. An unknown tenant's decoy salt then differs
-/// from every other tenant's, as real tenants' salts do, instead of being the same for all
-/// unknown tenants.
-fn decoy_seed(request: &StartupRequest, server_name: Option<&str>) -> String {
-    let option = request.tenant_option.as_deref().unwrap_or_default();
-    let sni = server_name.unwrap_or_default();
-    format!("{}\0{}\0{sni}\0{option}", request.user, request.database)
+/// What an unknown user's or tenant's decoy salt is derived from: the user and the tenant
+/// name the login gives first, or the tenant it was routed to. A real tenant's salt depends
+/// on its name and the user only, so must the decoy's.
+fn decoy_seed(
+    config: &Config,
+    request: &StartupRequest,
+    server_name: Option<&str>,
+    routed: Option<&str>,
+) -> String {
+    let asked = routed.or_else(|| tenant::first_name(config, request, server_name));
+    format!("{}\0{}", request.user, asked.unwrap_or_default())
 }
 
 /// Authenticates the client and prepares its session.
@@ -69,7 +73,8 @@ pub async fn login(
         },
     };
 
-    let decoy_seed = decoy_seed(&request, stream.server_name());
+    let routed = tenant.as_ref().map(|t| t.name.as_str());
+    let decoy_seed = decoy_seed(config, &request, stream.server_name(), routed);
     if let Err(error) =
         auth::authenticate(&mut stream, verifier, &decoy_seed, &shared.decoy_secret).await
     {

@@ -16,12 +16,30 @@ pub fn route(
     request: &StartupRequest,
     server_name: Option<&str>,
 ) -> Option<Arc<Tenant>> {
-    config.proxy.tenant_from.iter().find_map(|source| {
-        let name = match source {
-            TenantSource::Database => Some(request.database.as_str()),
-            TenantSource::Sni => server_name.and_then(sni_tenant),
-            TenantSource::Options => request.tenant_option.as_deref(),
-        }?;
-        config.tenants.get(name).cloned()
+    names(config, request, server_name).find_map(|name| config.tenants.get(name).cloned())
+}
+
+/// The first name the login gives for a tenant, known or not: what an unknown tenant's
+/// decoy salt is derived from, so that it stays the same whatever the later sources say,
+/// as a real tenant's salt does when the first source names it.
+pub fn first_name<'a>(
+    config: &'a Config,
+    request: &'a StartupRequest,
+    server_name: Option<&'a str>,
+) -> Option<&'a str> {
+    names(config, request, server_name).next()
+}
+
+/// The names the login gives, in the configured order of sources.
+fn names<'a>(
+    config: &'a Config,
+    request: &'a StartupRequest,
+    server_name: Option<&'a str>,
+) -> impl Iterator<Item = &'a str> {
+    let sources = config.proxy.tenant_from.iter();
+    sources.filter_map(move |source| match source {
+        TenantSource::Database => Some(request.database.as_str()),
+        TenantSource::Sni => server_name.and_then(sni_tenant),
+        TenantSource::Options => request.tenant_option.as_deref(),
     })
 }
