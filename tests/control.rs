@@ -141,13 +141,7 @@ fn database_url(stdout: &str) -> String {
 /// Logs in with a printed URL as written (`sslmode=require`, so over TLS).
 async fn login(url: &str) -> Result<Client, tokio_postgres::Error> {
     let parsed: tokio_postgres::Config = url.parse().unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .user(parsed.get_user().unwrap())
-        .password(parsed.get_password().unwrap())
-        .dbname(parsed.get_dbname().unwrap())
-        .port(parsed.get_ports()[0])
-        .connect_timeout(Duration::from_secs(10));
+    let config = common::printed_url_config(url, parsed.get_ports()[0]);
     connect_tls(config, "localhost").await
 }
 

@@ -33,7 +33,9 @@ use tokio_postgres::error::DbError;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use common::wire::{auth_code, error_fields, read_message, startup_packet};
-use common::{Proxy, ProxyOptions, bounded, connect_plain, fleet, sqlstate, wait_until};
+use common::{
+    Proxy, ProxyOptions, backend_pid, bounded, connect_plain, fleet, sqlstate, wait_until,
+};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -167,15 +169,6 @@ async fn try_scalar(client: &Client, sql: &str) -> Result<String, tokio_postgres
         _ => None,
     });
     Ok(value.unwrap_or_else(|| panic!("{sql}: no value")))
-}
-
-/// The pid of the backend serving this statement.
-async fn backend_pid(client: &Client) -> i32 {
-    try_scalar(client, "SELECT pg_backend_pid()")
-        .await
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// `BEGIN; SELECT pg_sleep(seconds); COMMIT` as three round trips, so the backend is held

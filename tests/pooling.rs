@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, SimpleQueryMessage};
 
-use common::{Proxy, ProxyOptions, fleet, sqlstate};
+use common::{Proxy, ProxyOptions, backend_pid, fleet, sqlstate};
 
 /// `statement_timeout` as a fresh backend of the test cluster reports it.
 const DEFAULT_TIMEOUT: &str = "0";
@@ -65,14 +65,6 @@ async fn text(client: &Client, sql: &str) -> String {
 /// `SHOW name`.
 async fn show(client: &Client, name: &str) -> String {
     text(client, &format!("SHOW {name}")).await
-}
-
-/// The pid of the backend that ran this client's last transaction.
-async fn backend_pid(client: &Client) -> i32 {
-    text(client, "SELECT pg_backend_pid()")
-        .await
-        .parse()
-        .unwrap()
 }
 
 /// The SQLSTATE a simple query fails with; panics if it succeeds.

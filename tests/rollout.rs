@@ -13,13 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Proxy, bounded, catalog_proxy, connect_tls, fleet, pgtenant_bin};
+use common::{Proxy, backend_pid, bounded, catalog_proxy, connect_tls, fleet, pgtenant_bin};
 use pgtenant::config::{Config, PoolMode};
 use pgtenant::control::create::{self, CreateRequest};
 use tokio_postgres::Client;
 
 const MIGRATION_1: &str = include_str!("../config/migrations/0001_customers.sql");
 const MIGRATION_2: &str = include_str!("../config/migrations/0002_invoices.sql");
+
+/// The migration most tests roll out: one column added to `customers`.
+const ADD_NOTE: &str = "ALTER TABLE customers ADD COLUMN note text;";
 
 /// A check that fails on tenants holding a customer with an empty name.
 const NOT_BLANK: &str = "ALTER TABLE customers ADD CONSTRAINT name_not_blank CHECK (name <> '');";
@@ -67,6 +70,11 @@ impl Setup {
         text.push_str(line);
         text.push('\n');
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// `0003_note.sql`: adds the column `note` to `customers`.
+    fn write_note_migration(&self) {
+        self.write("0003_note.sql", ADD_NOTE);
     }
 
     fn write(&self, file: &str, sql: &str) {
@@ -177,14 +185,7 @@ async fn spoil(schema: &str) {
 
 /// Logs in through the proxy with a tenant's URL (TLS, as printed).
 async fn login(proxy: &Proxy, url: &str) -> Client {
-    let parsed: tokio_postgres::Config = url.parse().unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .user(parsed.get_user().unwrap())
-        .password(parsed.get_password().unwrap())
-        .dbname(parsed.get_dbname().unwrap())
-        .port(proxy.addr.port())
-        .connect_timeout(Duration::from_secs(10));
+    let config = common::printed_url_config(url, proxy.addr.port());
     let mut last = None;
     for _ in 0..50 {
         match connect_tls(config.clone(), "localhost").await {
@@ -402,10 +403,7 @@ async fn finished_at(tenant: &str) -> Option<std::time::SystemTime> {
 async fn edited_migration_is_refused() {
     let setup = Setup::new("rok");
     setup.tenants(1).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
     setup.ok(&["apply"]).await;
 
     setup.write(
@@ -423,10 +421,7 @@ async fn edited_migration_is_refused() {
 async fn down_steps_roll_back() {
     let setup = Setup::new("rod");
     setup.tenants(1).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
     setup.write(
         "0003_note.down.sql",
         "ALTER TABLE customers DROP COLUMN note;",
@@ -454,10 +449,7 @@ async fn blue_green_swap_and_rollback() {
         .batch_execute("INSERT INTO customers (name, plan) VALUES ('kept', 'pro')")
         .await
         .unwrap();
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
 
     setup.ok(&["apply", "--strategy", "blue-green"]).await;
     assert!(has_column("rog_00", "note").await);
@@ -516,10 +508,7 @@ async fn expired_swap(setup: &Setup) -> String {
     let retention = humantime::format_duration(SHORT_RETENTION);
     setup.migrations_key(&format!("retention = \"{retention}\""));
     setup.tenants(1).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
 
     let printed = setup.ok(&["apply", "--strategy", "blue-green"]).await;
     assert!(printed.contains("dropped 0 expired"), "{printed}");
@@ -586,10 +575,7 @@ async fn max_pause_valve_fires() {
     let proxy = catalog_proxy().await;
     let setup = Setup::new("rov");
     let tenants = setup.tenants(1).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
 
     let mut holder = fleet().superuser().await;
     let tx = holder.transaction().await.unwrap();
@@ -626,10 +612,7 @@ async fn undrained_tenant_is_skipped() {
     let proxy = catalog_proxy().await;
     let setup = Setup::new("ros");
     let tenants = setup.tenants(1).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
 
     let mut client = login(&proxy, &tenants[0].1).await;
     let tx = client.transaction().await.unwrap();
@@ -653,10 +636,7 @@ async fn terminate_ends_an_idle_transaction() {
     let proxy = catalog_proxy().await;
     let setup = Setup::new("rox");
     let tenants = setup.tenants(1).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
 
     let mut client = login(&proxy, &tenants[0].1).await;
     let tx = client.transaction().await.unwrap();
@@ -756,10 +736,7 @@ async fn client_loop(client: Client, stop: Arc<AtomicUsize>, done: Arc<AtomicUsi
 async fn dry_run_changes_nothing() {
     let setup = Setup::new("rot");
     setup.tenants(2).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
 
     let printed = setup
         .ok(&["apply", "--dry-run", "--test-tenant", "rot_00"])
@@ -787,10 +764,7 @@ async fn dry_run_changes_nothing() {
 async fn plan_and_status_describe_the_fleet() {
     let setup = Setup::new("rop");
     setup.tenants(4).await;
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
 
     let plan = setup.ok(&["plan", "--test-tenant", "rop_02"]).await;
     assert!(plan.contains("wave test (1 tenants)"), "{plan}");
@@ -816,24 +790,13 @@ async fn backends_from_before_a_migration_are_not_reused() {
         "an idle backend is reused"
     );
 
-    setup.write(
-        "0003_note.sql",
-        "ALTER TABLE customers ADD COLUMN note text;",
-    );
+    setup.write_note_migration();
     setup.ok(&["apply"]).await;
     assert_ne!(
         backend_pid(&client).await,
         before,
         "a new backend after the migration"
     );
-}
-
-async fn backend_pid(client: &Client) -> i32 {
-    let row = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap();
-    row.get(0)
 }
 
 /// A tenant with live traffic migrates alone and before the rest of its wave (the default

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use common::{Proxy, ProxyOptions, connect_tls, fleet, sqlstate};
+use common::{Proxy, ProxyOptions, backend_pid, connect_tls, fleet, sqlstate};
 use pgtenant::config::file::TenantSource;
 
 /// Each demo tenant reached by database name gets its own schema and tenant setting.
@@ -334,15 +334,6 @@ async fn customer_names(client: &Client) -> Vec<String> {
         .await
         .unwrap();
     rows.iter().map(|r| r.get(0)).collect()
-}
-
-/// The PostgreSQL backend process serving the client's next statement.
-async fn backend_pid(client: &Client) -> i32 {
-    let row = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap();
-    row.get(0)
 }
 
 /// The value of `SHOW <name>`.

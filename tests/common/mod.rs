@@ -451,6 +451,33 @@ pub async fn connect_tls(
     Ok(client)
 }
 
+/// The login of a printed `DATABASE_URL` (user, password, database), aimed at `port` on
+/// loopback; pass it to [`connect_tls`].
+pub fn printed_url_config(url: &str, port: u16) -> tokio_postgres::Config {
+    let parsed: tokio_postgres::Config = url.parse().unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(parsed.get_user().unwrap())
+        .password(parsed.get_password().unwrap())
+        .dbname(parsed.get_dbname().unwrap())
+        .port(port)
+        .connect_timeout(Duration::from_secs(10));
+    config
+}
+
+/// The pid of the backend that serves this client's next statement.
+pub async fn backend_pid(client: &Client) -> i32 {
+    let messages = client
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .unwrap();
+    let pid = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    pid.expect("a row").parse().unwrap()
+}
+
 /// The SQLSTATE of a failed call, as text.
 pub fn sqlstate(error: &tokio_postgres::Error) -> String {
     error
